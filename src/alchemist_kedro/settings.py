@@ -1,0 +1,19 @@
+"""Project settings."""
+import os
+
+from kedro.config import OmegaConfigLoader
+
+# No network here or on most users' clusters: Kedro's telemetry must never try to phone home.
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "config_patterns": {
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
+        "catalog": ["catalog*", "catalog*/**", "**/catalog*"],
+    },
+    # Tests point the MLflow store at a temp dir through ${oc.env:...}.
+    "custom_resolvers": {"oc.env": lambda name, default=None: os.environ.get(name, default)},
+}
