@@ -5,6 +5,8 @@ from kedro.config import OmegaConfigLoader
 
 # No network here or on most users' clusters: Kedro's telemetry must never try to phone home.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+# Models load from local paths only; a hub lookup would hang on a cluster with no network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
