@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from alchemist_kedro.corpus import emoji
+from alchemist_kedro.corpus.defects import DEFECT_KINDS
+from alchemist_kedro.corpus.emoji import CorpusSettings, build_corpus, caption_for, defect_counts, fetch_package
+
+from .conftest import N_USABLE_EMOJI
+
+
+def read_split(wds_dir: Path, split: str) -> list[dict]:
+    shards = sorted(str(path) for path in (wds_dir / split).glob("*.tar"))
+    samples = []
+    for sample in wds.WebDataset(shards, shardshuffle=False):
+        image_extension = "jpg" if "jpg" in sample else "png"
+        samples.append(
+            {
+                "key": sample["__key__"],
+                "extension": image_extension,
+                "image": sample[image_extension],
+                "caption": sample["txt"].decode("utf-8"),
+                "meta": json.loads(sample["json"]),
+            }
+        )
+    return samples
+
+
+def read_all(wds_dir: Path) -> dict[str, list[dict]]:
+    return {split: read_split(wds_dir, split) for split in ("pool", "val", "test")}
+
+
+@pytest.fixture(scope="module")
+def default_corpus(fake_package, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("corpus_default")
+    manifest = build_corpus(fake_package, out_dir, CorpusSettings(seed=0, shard_size=8))
+    return out_dir / "wds", manifest, read_all(out_dir / "wds")
+
+
+def test_layout_and_metadata_follow_img2dataset(default_corpus):
+    wds_dir, manifest, samples = default_corpus
+    assert (wds_dir / "manifest.json").is_file()
+    for split, shard_names in manifest["shards"].items():
+        assert shard_names == [f"{index:05d}.tar" for index in range(len(shard_names))]
+        assert sorted(path.name for path in (wds_dir / split).glob("*.tar")) == shard_names
+    all_keys = [sample["key"] for split_samples in samples.values() for sample in split_samples]
+    assert len(all_keys) == len(set(all_keys))
+    for split, split_samples in samples.items():
+        assert len(split_samples) == manifest["counts"][split]
+        for sample in split_samples:
+            meta = sample["meta"]
+            assert len(sample["key"]) == 9 and sample["key"].isdigit()
+            assert meta["key"] == sample["key"] and meta["split"] == split
+            assert meta["caption"] == sample["caption"] and meta["status"] == "success" and meta["url"] is None
+            assert meta["sha256"] == hashlib.sha256(sample["image"]).hexdigest()
+            assert (meta["width"], meta["height"]) == (64, 64)
+            assert (sample["extension"] == "jpg") == (meta["defect"] == "jpeg_artefacts")
+    for shard in wds_dir.glob("*/*.tar"):
+        with tarfile.open(shard) as archive:
+            assert {member.mtime for member in archive.getmembers()} == {0}
+    # A pool shard holds at most shard_size rows, so the 8-row shards here prove chunking.
+    assert len(manifest["shards"]["pool"]) == -(-manifest["counts"]["pool"] // 8)
+
+
+def test_only_base_emoji_with_a_google_png_are_used(default_corpus, fake_package):
+    _, manifest, samples = default_corpus
+    assert sum(manifest["emoji"].values()) == N_USABLE_EMOJI
+    clean_emoji = {s["meta"]["emoji_unified"] for split_samples in samples.values() for s in split_samples}
+    entries = json.loads((fake_package / "emoji.json").read_text())
+    assert clean_emoji == {entry["unified"] for entry in entries[:N_USABLE_EMOJI]}
+
+
+def test_splits_are_disjoint_by_emoji_and_defects_come_from_pool_emoji(default_corpus):
+    _, manifest, samples = default_corpus
+    emoji_by_split = {split: {s["meta"]["emoji_unified"] for s in rows} for split, rows in samples.items()}
+    assert emoji_by_split["val"] and emoji_by_split["test"]
+    assert not emoji_by_split["pool"] & emoji_by_split["val"]
+    assert not emoji_by_split["pool"] & emoji_by_split["test"]
+    assert not emoji_by_split["val"] & emoji_by_split["test"]
+    held_out_captions = {s["caption"] for split in ("val", "test") for s in samples[split]}
+    assert not {s["caption"] for s in samples["pool"]} & held_out_captions
+    clean_pool = [s for s in samples["pool"] if s["meta"]["defect"] is None]
+    assert len(clean_pool) == len(emoji_by_split["pool"]) == manifest["pool_clean"]
+
+
+def test_validation_and_test_stay_clean(default_corpus):
+    _, _, samples = default_corpus
+    assert all(s["meta"]["defect"] is None for split in ("val", "test") for s in samples[split])
+
+
+def test_defect_counts_follow_the_default_share(default_corpus):
+    _, manifest, samples = default_corpus
+    tally = Counter(s["meta"]["defect"] for s in samples["pool"] if s["meta"]["defect"])
+    n_clean = manifest["pool_clean"]
+    assert sum(tally.values()) == round(0.35 * n_clean)
+    assert max(tally.values()) - min(tally.get(kind, 0) for kind in DEFECT_KINDS) <= 1
+    assert dict(tally) == {kind: count for kind, count in manifest["defects"].items() if count}
+
+
+def test_defect_counts_follow_per_kind_weights(fake_package, tmp_path):
+    weights = {kind: 0.0 for kind in DEFECT_KINDS} | {"noise": 3.0, "blur": 1.0}
+    manifest = build_corpus(fake_package, tmp_path, CorpusSettings(defect_share=1.0, defect_weights=weights))
+    pool = read_split(tmp_path / "wds", "pool")
+    tally = Counter(s["meta"]["defect"] for s in pool if s["meta"]["defect"])
+    n_clean = manifest["pool_clean"]
+    assert dict(tally) == {"noise": round(0.75 * n_clean), "blur": n_clean - round(0.75 * n_clean)}
+    assert len(pool) == 2 * n_clean
+
+
+def test_defect_count_allocation_sums_to_the_share():
+    counts = defect_counts(1516, CorpusSettings())
+    assert sum(counts.values()) == round(0.35 * 1516)
+    assert set(counts.values()) <= {53, 54}
+    assert sum(defect_counts(100, CorpusSettings(defect_share=0.0)).values()) == 0
+
+
+def test_defects_are_spread_over_pool_shards(default_corpus):
+    _, _, samples = default_corpus
+    positions = [index for index, s in enumerate(samples["pool"]) if s["meta"]["defect"]]
+    # Unshuffled, all defect rows would sit after the clean ones, i.e. in the last positions.
+    assert positions != list(range(len(samples["pool"]) - len(positions), len(samples["pool"])))
+    assert [s["key"] for s in samples["pool"]] == sorted(s["key"] for s in samples["pool"])
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_other_defects(fake_package, default_corpus, tmp_path):
+    wds_dir, _, samples = default_corpus
+    build_corpus(fake_package, tmp_path / "again", CorpusSettings(seed=0, shard_size=8))
+    for shard in sorted(wds_dir.glob("*/*.tar")):
+        assert (tmp_path / "again" / "wds" / shard.parent.name / shard.name).read_bytes() == shard.read_bytes()
+
+    build_corpus(fake_package, tmp_path / "other", CorpusSettings(seed=1, shard_size=8))
+    other = read_all(tmp_path / "other" / "wds")
+    assert [s["image"] for s in other["val"]] == [s["image"] for s in samples["val"]]
+    defect_rows = lambda rows: sorted((s["meta"]["defect"], s["meta"]["sha256"]) for s in rows if s["meta"]["defect"])
+    assert defect_rows(other["pool"]) != defect_rows(samples["pool"])
+
+
+def test_second_build_is_a_no_op_and_force_rebuilds(fake_package, tmp_path):
+    settings = CorpusSettings(seed=3)
+    first = build_corpus(fake_package, tmp_path, settings)
+    shard = tmp_path / "wds" / "pool" / "00000.tar"
+    shard.write_bytes(shard.read_bytes())  # same content, new mtime: tells us whether it was rewritten
+    marker_mtime = shard.stat().st_mtime_ns
+    (tmp_path / "wds" / "pool" / "sentinel").write_text("left alone by a no-op")
+
+    assert build_corpus(fake_package, tmp_path, settings) == first
+    assert (tmp_path / "wds" / "pool" / "sentinel").exists()
+    assert shard.stat().st_mtime_ns == marker_mtime
+
+    build_corpus(fake_package, tmp_path, CorpusSettings(seed=4))
+    assert not (tmp_path / "wds" / "pool" / "sentinel").exists()
+
+    (tmp_path / "wds" / "pool" / "sentinel").write_text("x")
+    build_corpus(fake_package, tmp_path, CorpusSettings(seed=4), force=True)
+    assert not (tmp_path / "wds" / "pool" / "sentinel").exists()
+
+
+def test_captions_are_natural_text_from_the_name():
+    grinning = {"name": "GRINNING FACE", "short_name": "grinning", "unified": "1F600"}
+    assert caption_for(grinning) == "an emoji of a grinning face"
+    assert caption_for({"name": "Andorra Flag", "unified": "1F1E6-1F1E9"}) == "an emoji of an andorra flag"
+    assert caption_for({"name": "", "short_name": "thumbs_up", "unified": "1F44D"}) == "an emoji of a thumbs up"
+
+
+def make_package_tarball(path: Path, extra_members: dict[str, bytes]) -> None:
+    members = {
+        "package/emoji.json": b"[]",
+        "package/package.json": b'{"version": "16.0.0"}',
+        "package/LICENSE": b"licence",
+        "package/README.md": b"not needed",
+        "package/img/google/64/1f600.png": b"png bytes",
+        "package/img/google/32/1f600.png": b"wrong size",
+        "package/img/apple/64/1f600.png": b"wrong vendor",
+    } | extra_members
+    with tarfile.open(path, "w:gz") as archive:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+
+
+def test_fetch_extracts_only_the_needed_files_and_skips_when_done(tmp_path, monkeypatch):
+    make_package_tarball(tmp_path / "emoji-datasource-google-16.0.0.tgz", {})
+    package_dir = fetch_package(tmp_path)
+    extracted = sorted(str(path.relative_to(package_dir)) for path in package_dir.rglob("*") if path.is_file())
+    assert extracted == [".extracted", "LICENSE", "emoji.json", "img/google/64/1f600.png", "package.json"]
+
+    # Already extracted: neither npm nor the tarball is touched again.
+    (tmp_path / "emoji-datasource-google-16.0.0.tgz").unlink()
+    monkeypatch.setattr(emoji.shutil, "which", lambda name: pytest.fail("npm should not be needed"))
+    assert fetch_package(tmp_path) == package_dir
+
+
+@pytest.mark.parametrize("unsafe_name", ["../evil.png", "/etc/evil.png", "package/img/google/64/../../../../evil.png"])
+def test_fetch_refuses_unsafe_member_paths(tmp_path, unsafe_name):
+    make_package_tarball(tmp_path / "emoji-datasource-google-16.0.0.tgz", {unsafe_name: b"x"})
+    with pytest.raises(ValueError, match="unsafe"):
+        fetch_package(tmp_path)
+    assert not (tmp_path.parent / "evil.png").exists()
+
+
+def test_fetch_without_npm_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(emoji.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="npm"):
+        fetch_package(tmp_path)
