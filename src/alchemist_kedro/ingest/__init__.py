@@ -1,0 +1,1 @@
+"""Ingestion helpers free of Kedro: image and caption normalisation."""
