@@ -1,0 +1,225 @@
+"""Select a training subset from any scorer's table (method.md "Shift-Gsample and the other strategies").
+
+Inputs are a SCORE_SCHEMA table, the sample table (read shard by shard, only the columns needed) and the
+quarantine table; outputs are the manifest, the ledger, a DataComp-style uid list, optional webdataset shards,
+plots and metrics. All functions are pure: Kedro datasets do the I/O.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import matplotlib.pyplot as plt
+
+from alchemist_kedro.schemas import LEDGER_STATUSES
+from alchemist_kedro.selection import plots
+from alchemist_kedro.selection.datacomp import uid_subset_array
+from alchemist_kedro.selection.shards import img2dataset_tar
+from alchemist_kedro.selection.strategies import Ranking, resolve_k, select_indices
+
+logger = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ["uid", "source", "location", "split", "defect"]
+
+
+def strategy_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The knobs of the configured strategy (``select.strategies.<name>``), as passed to it."""
+    return dict((params.get("strategies") or {}).get(params["strategy"]) or {})
+
+
+def select_from_scores(scores: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Manifest: one row per scored uid with score, percentile (0 = best), selected, strategy, params (JSON), seed."""
+    if scores["uid"].duplicated().any():
+        raise ValueError("score table has duplicate uids: one score per sample is required")
+    ranking = Ranking(scores["score"].to_numpy(dtype=np.float64), uids=scores["uid"].array)
+    k = resolve_k(ranking.n, params.get("ratio"), params.get("count"))
+    knobs = strategy_params(params)
+    picked = select_indices(ranking, params["strategy"], k, seed=int(params["seed"]),
+                            allow_fewer=bool(params.get("allow_fewer", False)), **knobs)
+    selected = np.zeros(ranking.n, dtype=bool)
+    selected[picked] = True
+    logger.info("select: %s picked %d of %d (k = %d)", params["strategy"], selected.sum(), ranking.n, k)
+    return pd.DataFrame(
+        {
+            "uid": scores["uid"].astype(str).to_numpy(),
+            "score": ranking.scores,
+            "percentile": ranking.percentiles(),
+            "selected": selected,
+            "strategy": params["strategy"],
+            "params": json.dumps(knobs, sort_keys=True),
+            "seed": int(params["seed"]),
+            "scorer": str(params.get("scorer", "")),
+        }
+    )
+
+
+def build_sample_index(
+    samples_index: dict[str, Callable[[], pd.DataFrame]], samples: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """uid, source, location, split, defect and partition of every sample, loaded one shard at a time.
+
+    ``samples`` (the full table's lazy partitions) is only checked for the same shard list: it orders this node
+    after ingest; its loaders are never called, so no image bytes are read here.
+    """
+    if samples is not None and set(samples) != set(samples_index):
+        raise ValueError("the sample-table view and the sample table list different shards")
+    parts = []
+    for partition, load in sorted(samples_index.items()):
+        part = load()
+        missing = [c for c in ("uid", "source", "location") if c not in part.columns]
+        if missing:
+            raise ValueError(f"sample partition {partition} lacks columns {missing}")
+        part = part.reindex(columns=INDEX_COLUMNS)
+        part["partition"] = partition
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in [*INDEX_COLUMNS, "partition"]})
+    return pd.concat(parts, ignore_index=True)
+
+
+def build_ledger(manifest: pd.DataFrame, sample_index: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
+    """Every input row exactly once: samples are selected / not_selected, quarantine rows are quarantined.
+
+    Samples the scorer did not score (e.g. val/test splits) are not_selected with the reason saying why; a scored
+    uid that is not in the sample table means a stale score table, and stops the run.
+    """
+    if sample_index["uid"].duplicated().any():
+        raise ValueError("sample table has duplicate uids; ingest should have quarantined them")
+    stale = ~manifest["uid"].isin(sample_index["uid"])
+    if stale.any():
+        raise ValueError(f"{int(stale.sum())} scored uids are not in the sample table (stale scores?), "
+                         f"e.g. {manifest.loc[stale, 'uid'].head(3).tolist()}")
+    by_uid = manifest.set_index("uid")[["selected", "strategy"]]
+    joined = sample_index[["uid", "source", "location", "split"]].join(by_uid, on="uid")
+    scored = joined["selected"].notna()
+    picked = scored & joined["selected"].fillna(False).astype(bool)
+    reason = np.where(picked, "picked by " + joined["strategy"].fillna("").astype(str), "")
+    reason = np.where(scored & ~picked, "not picked by " + joined["strategy"].fillna("").astype(str), reason)
+    reason = np.where(~scored, "not scored (split " + joined["split"].fillna("?").astype(str) + ")", reason)
+    samples_part = pd.DataFrame(
+        {
+            "uid": joined["uid"].astype(str),
+            "source": joined["source"].astype(str),
+            "location": joined["location"].astype(str),
+            "status": np.where(picked, "selected", "not_selected"),
+            "reason": reason,
+        }
+    )
+    quarantine_part = pd.DataFrame(
+        {
+            "uid": quarantine["uid"].astype(str),
+            "source": quarantine["source"].astype(str),
+            "location": quarantine["location"].astype(str),
+            "status": "quarantined",
+            "reason": quarantine["reason"].astype(str),
+        }
+    )
+    ledger = pd.concat([samples_part, quarantine_part], ignore_index=True)
+    check_ledger(ledger, manifest, n_samples=len(sample_index), n_quarantined=len(quarantine))
+    return ledger
+
+
+def check_ledger(ledger: pd.DataFrame, manifest: pd.DataFrame, n_samples: int, n_quarantined: int) -> None:
+    """Raise unless every input row is in the ledger exactly once with a known status matching the manifest."""
+    if len(ledger) != n_samples + n_quarantined:
+        raise AssertionError(f"ledger has {len(ledger)} rows, inputs have {n_samples} + {n_quarantined}")
+    bad = ~ledger["status"].isin(LEDGER_STATUSES)
+    if bad.any():
+        raise AssertionError(f"unknown ledger statuses {sorted(ledger.loc[bad, 'status'].unique())}")
+    in_samples = ledger["status"] != "quarantined"
+    if ledger.loc[in_samples, "uid"].duplicated().any():
+        raise AssertionError("a sample uid appears twice in the ledger")
+    if ledger.duplicated(subset=["uid", "source", "location", "status"]).any():
+        raise AssertionError("an input row appears twice in the ledger")
+    ledger_selected = set(ledger.loc[ledger["status"] == "selected", "uid"])
+    manifest_selected = set(manifest.loc[manifest["selected"], "uid"])
+    if ledger_selected != manifest_selected:
+        raise AssertionError("ledger's selected uids differ from the manifest's")
+
+
+def selected_uid_list(manifest: pd.DataFrame) -> np.ndarray:
+    """DataComp ``--subset_file``: the selected uids, sorted, fixed-width unicode."""
+    return uid_subset_array(manifest.loc[manifest["selected"], "uid"])
+
+
+def selection_metrics(manifest: pd.DataFrame, sample_index: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """N, k, ratio, mean/std of picked percentiles; and (evaluation only) each defect kind's share, selected vs pool."""
+    picked = manifest.loc[manifest["selected"], "percentile"].to_numpy()
+    n, k = len(manifest), int(manifest["selected"].sum())
+    metrics = {
+        "select.n": float(n),
+        "select.k": float(k),
+        "select.ratio": k / n if n else 0.0,
+        "select.picked_percentile_mean": float(picked.mean()) if k else float("nan"),
+        "select.picked_percentile_std": float(picked.std()) if k else float("nan"),
+    }
+    if "defect" in sample_index.columns and sample_index["defect"].notna().any():
+        joined = manifest[["uid", "selected"]].merge(sample_index[["uid", "defect"]], on="uid", how="left")
+        kinds = joined["defect"].fillna("none").astype(str)
+        for kind in sorted(kinds.unique()):
+            is_kind = (kinds == kind).to_numpy()
+            metrics[f"select.defect_share.pool.{kind}"] = float(is_kind.mean())
+            metrics[f"select.defect_share.selected.{kind}"] = (
+                float(is_kind[joined["selected"].to_numpy()].mean()) if k else 0.0
+            )
+    return {name: {"value": value, "step": 0} for name, value in metrics.items()}
+
+
+def plot_score_histogram(manifest: pd.DataFrame, params: dict[str, Any]) -> plt.Figure:
+    """Score histogram with the selected region overlaid."""
+    title = f"{params.get('scorer', '')} scores: {params['strategy']} {strategy_params(params)}, k={manifest['selected'].sum():,}"
+    return plots.score_histogram(manifest, bins=int(params.get("histogram_bins", 100)), title=title)
+
+
+def plot_contact_sheets(
+    manifest: pd.DataFrame,
+    sample_index: pd.DataFrame,
+    samples_images: dict[str, Callable[[], pd.DataFrame]],
+    params: dict[str, Any],
+) -> plt.Figure:
+    """Thumbnails with captions for a few samples per percentile band (head / middle / tail).
+
+    Only the partitions holding the shown samples are loaded, and only their image/caption columns.
+    """
+    sheet = params.get("contact_sheet") or {}
+    per_band = int(sheet.get("per_band", 8))
+    rng = np.random.default_rng(int(params["seed"]))
+    shown: list[tuple[str, pd.DataFrame]] = []
+    for lo, hi in sheet.get("bands", [[0.0, 0.05], [0.45, 0.55], [0.95, 1.0]]):
+        in_band = manifest[(manifest["percentile"] >= lo) & (manifest["percentile"] <= hi)]
+        rows = in_band.iloc[np.sort(rng.choice(len(in_band), size=min(per_band, len(in_band)), replace=False))]
+        shown.append((f"percentile {lo:.0%}–{hi:.0%}", rows.sort_values("percentile")))
+    wanted = pd.concat([rows for _, rows in shown])[["uid"]].merge(sample_index[["uid", "partition"]], on="uid")
+    images = []
+    for partition in sorted(wanted["partition"].unique()):
+        part = samples_images[partition]()
+        images.append(part.loc[part["uid"].isin(wanted["uid"]), ["uid", "caption", "image"]])
+    image_table = pd.concat(images, ignore_index=True) if images else pd.DataFrame(columns=["uid", "caption", "image"])
+    bands = [(label, rows.merge(image_table, on="uid", how="inner")) for label, rows in shown]
+    return plots.contact_sheet(bands, caption_chars=int(sheet.get("caption_chars", 60)))
+
+
+def selected_shards(
+    manifest: pd.DataFrame,
+    sample_index: pd.DataFrame,
+    samples: dict[str, Callable[[], pd.DataFrame]],
+    params: dict[str, Any],
+) -> dict[str, Callable[[], bytes]]:
+    """Webdataset tars (img2dataset layout) of the selected subset, one per sample partition that has any; lazy,
+    so one shard is in memory at a time. Empty unless ``write_shards`` is on."""
+    if not params.get("write_shards", False):
+        return {}
+    chosen = set(manifest.loc[manifest["selected"], "uid"])
+    partitions = sorted(sample_index.loc[sample_index["uid"].isin(chosen), "partition"].unique())
+
+    def shard(partition: str, index: int) -> Callable[[], bytes]:
+        def build() -> bytes:
+            part = samples[partition]()
+            return img2dataset_tar(part[part["uid"].isin(chosen)], index)
+
+        return build
+
+    return {f"{i:05d}": shard(p, i) for i, p in enumerate(partitions)}

@@ -1,0 +1,32 @@
+"""Wiring of the select pipeline."""
+from kedro.pipeline import Node, Pipeline
+
+from alchemist_kedro.pipelines.select import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    # `select_scores` is the score table of the scorer named by `select.scorer` (a runtime param read in the
+    # catalog; default rater). Kedro forbids mixing `samples` with `samples@view`, so the column-restricted views
+    # of the sample table have their own names; `samples` itself (a PartitionedDataset: loading it only lists the
+    # shards) is passed to the index node so that node runs after ingest writes the table.
+    return Pipeline(
+        [
+            Node(nodes.select_from_scores, ["select_scores", "params:select"], "selection_manifest",
+                 name="select_from_scores"),
+            Node(nodes.build_sample_index, ["select_samples_index", "samples"], "select_sample_index",
+                 name="select_build_sample_index"),
+            Node(nodes.build_ledger, ["selection_manifest", "select_sample_index", "quarantine"], "ledger",
+                 name="select_build_ledger"),
+            Node(nodes.selected_uid_list, "selection_manifest", "selected_uids", name="select_write_uid_list"),
+            Node(nodes.selection_metrics, ["selection_manifest", "select_sample_index"], "selection_metrics",
+                 name="select_log_metrics"),
+            Node(nodes.plot_score_histogram, ["selection_manifest", "params:select"], "selection_score_histogram",
+                 name="select_plot_score_histogram"),
+            Node(nodes.plot_contact_sheets,
+                 ["selection_manifest", "select_sample_index", "select_samples_images", "params:select"],
+                 "selection_contact_sheets", name="select_plot_contact_sheets"),
+            Node(nodes.selected_shards,
+                 ["selection_manifest", "select_sample_index", "select_samples_images", "params:select"],
+                 "selected_shards", name="select_write_shards"),
+        ]
+    )
