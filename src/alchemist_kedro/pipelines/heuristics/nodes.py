@@ -1,0 +1,302 @@
+"""Heuristic scores: raw statistics shard by shard (resumable), then global ranks, histograms and Spearman.
+
+Raw-score partitions (`heuristic_raw_scores`, one per sample shard, same partition id) hold `uid`,
+`decode_error` (null when the image decoded) and, per scorer, `<scorer>` (raw float64) and `<scorer>_version`.
+A shard is rescored only for the scorers whose version (settings + weights hash) differs from what the partition
+holds, or when its uids no longer match the sample table's.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from alchemist_kedro.scorers import ScoreBatch, Scorer, build_score_table, get_scorer, scorer_class
+from alchemist_kedro.scorers.base import accepted_params
+from alchemist_kedro.scorers.decode import decode_images
+
+logger = logging.getLogger(__name__)
+
+# Knobs shared by every scorer that accepts them (passed only to those whose constructor takes them).
+SHARED_SCORER_PARAMS = ("short_side", "interpolation", "threads")
+
+
+def version_column(scorer_name: str) -> str:
+    return f"{scorer_name}_version"
+
+
+def build_scorers(params: dict[str, Any]) -> list[Scorer]:
+    """The configured scorers, each built once: `params["scorers"]` names, shared knobs + `scorer_params[name]`."""
+    names = list(params.get("scorers") or [])
+    if not names:
+        raise ValueError("heuristics.scorers is empty: list at least one scorer (e.g. clarity)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"heuristics.scorers lists a scorer twice: {names}")
+    per_scorer = params.get("scorer_params") or {}
+    unknown = set(per_scorer) - set(names)
+    if unknown:
+        logger.info("heuristics.scorer_params has settings for scorers not in heuristics.scorers: %s", sorted(unknown))
+    scorers = []
+    for name in names:
+        accepted = accepted_params(scorer_class(name))
+        settings = {key: params[key] for key in SHARED_SCORER_PARAMS if key in accepted and key in params}
+        settings.update(per_scorer.get(name) or {})
+        scorers.append(get_scorer(name, **settings))
+    return scorers
+
+
+def _set_threads(threads: int | None) -> None:
+    # OpenCV and torch keep process-wide thread pools; the ONNX session takes its count in its constructor.
+    if threads:
+        import cv2
+        import torch
+
+        cv2.setNumThreads(int(threads))
+        torch.set_num_threads(int(threads))
+
+
+def _check_sample_columns(table: pd.DataFrame, shard: str, scorers: list[Scorer]) -> None:
+    needed = {"uid"} | {need for scorer in scorers for need in scorer.needs}
+    missing = needed - set(table.columns)
+    if missing:
+        raise ValueError(f"sample shard {shard!r} lacks columns {sorted(missing)} (schemas.SAMPLE_SCHEMA)")
+    if table["uid"].isna().any():
+        raise ValueError(f"sample shard {shard!r} has null uids")
+
+
+def score_table_shard(
+    table: pd.DataFrame, scorers: list[Scorer], batch_size: int, shard: str = "<in memory>"
+) -> pd.DataFrame:
+    """Raw scores of one sample-table shard: decode each image once, hand the same arrays to every scorer.
+
+    Rows whose image does not decode keep NaN raw scores and say why in `decode_error` (never dropped).
+    """
+    _check_sample_columns(table, shard, scorers)
+    uids = table["uid"].astype(str).tolist()
+    count = len(uids)
+    raw = {scorer.name: np.full(count, np.nan, dtype=np.float64) for scorer in scorers}
+    decode_errors: list[str | None] = [None] * count
+    wants_images = any("image" in scorer.needs for scorer in scorers)
+    wants_captions = any("caption" in scorer.needs for scorer in scorers)
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        if wants_images:
+            images, errors = decode_images(table["image"].iloc[start:stop].tolist())
+            decode_errors[start:stop] = errors
+            good = [i for i, error in enumerate(errors) if error is None]
+        else:
+            images, good = None, list(range(stop - start))
+        captions = table["caption"].iloc[start:stop].tolist() if wants_captions else None
+        batch = ScoreBatch(
+            uids=[uids[start + i] for i in good],
+            images=[images[i] for i in good] if images is not None else None,
+            captions=[captions[i] for i in good] if captions is not None else None,
+        )
+        if not len(batch):
+            continue
+        rows = start + np.asarray(good)
+        for scorer in scorers:
+            values = np.asarray(scorer.score_batch(batch), dtype=np.float64)
+            if values.shape != (len(batch),):
+                raise ValueError(
+                    f"scorer {scorer.name!r} returned shape {values.shape} for a batch of {len(batch)} (shard {shard!r})"
+                )
+            raw[scorer.name][rows] = values
+    failed = sum(error is not None for error in decode_errors)
+    if failed:
+        logger.warning("shard %r: %d of %d images did not decode; their raw scores are NaN", shard, failed, count)
+    columns: dict[str, Any] = {"uid": uids, "decode_error": pd.array(decode_errors, dtype="string")}
+    for scorer in scorers:
+        columns[scorer.name] = raw[scorer.name]
+        columns[version_column(scorer.name)] = scorer.version
+    return pd.DataFrame(columns)
+
+
+def _reusable_scorers(existing: pd.DataFrame | None, uids: list[str] | None, scorers: list[Scorer]) -> set[str]:
+    """Scorers whose stored raw scores for this shard are still valid (same uids, same version)."""
+    if existing is None or uids is None or existing["uid"].astype(str).tolist() != uids:
+        return set()
+    return {
+        scorer.name
+        for scorer in scorers
+        if scorer.name in existing.columns
+        and version_column(scorer.name) in existing.columns
+        and bool((existing[version_column(scorer.name)] == scorer.version).all())
+    }
+
+
+def score_shards(
+    samples: dict[str, Callable[[], pd.DataFrame]],
+    sample_uids: dict[str, Callable[[], pd.DataFrame]],
+    existing_raw_scores: dict[str, pd.DataFrame],
+    params: dict[str, Any],
+) -> tuple[dict[str, Callable[[], pd.DataFrame]], dict[str, str]]:
+    """Raw scores per shard, saved lazily one partition at a time; shards already scored are left untouched.
+
+    samples: the sample table partitions (lazy); sample_uids: the same partitions, uid column only (cheap resume
+    check); existing_raw_scores: raw-score partitions already on disk ({} on a first run).
+    Returns (partitions to write, {scorer: version}).
+    """
+    _set_threads(params.get("threads"))
+    scorers = build_scorers(params)
+    batch_size = int(params.get("batch_size", 256))
+    if batch_size < 1:
+        raise ValueError(f"heuristics.batch_size must be >= 1, got {batch_size}")
+    versions = {scorer.name: scorer.version for scorer in scorers}
+    logger.info("heuristics: scorers %s", versions)
+
+    plan: dict[str, list[Scorer]] = {}
+    for shard in sorted(samples):
+        uids = sample_uids[shard]()["uid"].astype(str).tolist() if shard in sample_uids else None
+        reusable = _reusable_scorers(existing_raw_scores.get(shard), uids, scorers)
+        to_run = [scorer for scorer in scorers if scorer.name not in reusable]
+        if to_run:
+            plan[shard] = to_run
+    logger.info(
+        "heuristics: %d of %d shards to score, %d already scored by these scorer versions",
+        len(plan), len(samples), len(samples) - len(plan),
+    )
+
+    progress = {"done": 0, "rows": 0, "started": None}
+
+    def make_partition(shard: str, to_run: list[Scorer]) -> Callable[[], pd.DataFrame]:
+        def compute() -> pd.DataFrame:
+            if progress["started"] is None:
+                progress["started"] = time.perf_counter()
+            shard_start = time.perf_counter()
+            scored = score_table_shard(samples[shard](), to_run, batch_size, shard)
+            existing = existing_raw_scores.get(shard)
+            if existing is not None and len(to_run) < len(scorers):
+                # Same uids (checked by _reusable_scorers): keep the still-valid columns of the other scorers.
+                kept = existing.drop(columns=[c for c in scored.columns if c in existing.columns and c != "uid"])
+                scored = kept.reset_index(drop=True).join(scored.drop(columns="uid"))
+            seconds = time.perf_counter() - shard_start
+            progress["done"] += 1
+            progress["rows"] += len(scored)
+            elapsed = time.perf_counter() - progress["started"]
+            logger.info(
+                "heuristics: shard %d/%d %r: %d rows in %.1f s (%.0f rows/s; %s); overall %.0f rows/s",
+                progress["done"], len(plan), shard, len(scored), seconds, len(scored) / max(seconds, 1e-9),
+                ", ".join(s.name for s in to_run), progress["rows"] / max(elapsed, 1e-9),
+            )
+            return scored
+
+        return compute
+
+    return {shard: make_partition(shard, to_run) for shard, to_run in plan.items()}, versions
+
+
+def rank_scores(
+    raw_scores: dict[str, Callable[[], pd.DataFrame]],
+    sample_uids: dict[str, Callable[[], pd.DataFrame]],
+    scorer_versions: dict[str, str],
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """One SCORE_SCHEMA table per scorer, ranked over the whole corpus (not per shard), and a summary.
+
+    Only shards present in the sample table count; raw-score partitions of shards that no longer exist are ignored
+    (and reported). Every row must carry the current scorer version, else the raw scores are stale: an error.
+    """
+    missing = sorted(set(sample_uids) - set(raw_scores))
+    if missing:
+        raise ValueError(f"no raw scores for sample shards {missing[:5]} ({len(missing)} in all): run score_shards")
+    orphans = sorted(set(raw_scores) - set(sample_uids))
+    if orphans:
+        logger.warning("heuristics: ignoring raw scores of %d shards no longer in the samples: %s", len(orphans),
+                       orphans[:5])
+    parts = []
+    for shard in sorted(sample_uids):
+        part = raw_scores[shard]()
+        if part["uid"].astype(str).tolist() != sample_uids[shard]()["uid"].astype(str).tolist():
+            raise ValueError(f"raw scores of shard {shard!r} do not match its sample uids: rerun score_shards")
+        parts.append(part)
+    corpus = pd.concat(parts, ignore_index=True)
+
+    tables: dict[str, pd.DataFrame] = {}
+    summary: dict[str, Any] = {"rows": len(corpus), "shards": len(parts),
+                               "decode_errors": int(corpus["decode_error"].notna().sum()), "scorers": {}}
+    for name, version in scorer_versions.items():
+        stored = corpus.get(version_column(name))
+        if stored is None or not bool((stored == version).all()):
+            raise ValueError(f"raw scores for {name!r} are not all at version {version}: rerun score_shards")
+        cls = scorer_class(name)
+        table = build_score_table(corpus["uid"], corpus[name], name, version, cls.higher_is_better)
+        tables[name] = table
+        raw = table["raw_score"]
+        summary["scorers"][name] = {
+            "version": version,
+            "higher_is_better": cls.higher_is_better,
+            "nan": int(raw.isna().sum()),
+            "mean": float(raw.mean()) if raw.notna().any() else None,
+            "std": float(raw.std()) if raw.notna().sum() > 1 else None,
+            "min": float(raw.min()) if raw.notna().any() else None,
+            "max": float(raw.max()) if raw.notna().any() else None,
+        }
+    return tables, summary
+
+
+def _load_all(tables: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    return {name: (table() if callable(table) else table) for name, table in tables.items()}
+
+
+def plot_histograms(score_tables: dict[str, Any], params: dict[str, Any]) -> dict[str, Figure]:
+    """One histogram figure per configured scorer (`<scorer>.png`), of its raw score."""
+    tables = _load_all(score_tables)
+    bins = int((params.get("report") or {}).get("histogram_bins", 50))
+    figures = {}
+    for name in params["scorers"]:
+        table = tables[name]
+        raw = table["raw_score"].to_numpy(dtype=np.float64)
+        finite = raw[np.isfinite(raw)]
+        # Figure, not pyplot: no global figure registry to leak into (nodes may run in threads).
+        figure = Figure(figsize=(5, 3.5), dpi=100)
+        axis = figure.subplots()
+        axis.hist(finite, bins=bins, color="tab:blue")
+        orientation = "higher = better" if scorer_class(name).higher_is_better else "lower = better"
+        axis.set_title(f"{name} ({orientation}); n={len(finite)}, NaN={len(raw) - len(finite)}", fontsize=9)
+        axis.set_xlabel(f"raw {name}  [{table['scorer_version'].iloc[0]}]", fontsize=8)
+        axis.set_ylabel("samples")
+        figure.tight_layout()
+        figures[f"{name}.png"] = figure
+    return figures
+
+
+def spearman_matrix(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Pairwise Spearman rho of the oriented `score` columns, rows aligned by uid (pairwise-complete)."""
+    wide = pd.concat({name: table.set_index("uid")["score"] for name, table in tables.items()}, axis=1)
+    return wide.corr(method="spearman")
+
+
+def plot_correlation(
+    score_tables: dict[str, Any], other_score_tables: dict[str, pd.DataFrame], params: dict[str, Any]
+) -> tuple[Figure, pd.DataFrame]:
+    """Spearman matrix between the configured scorers plus the other score tables named in
+    `correlation.include` (e.g. `rater` = data/07_model_output/rater_scores.parquet) that exist; absent ones are
+    logged and skipped, so the heuristics pipeline runs before or without the rater."""
+    loaded = _load_all({name: score_tables[name] for name in params["scorers"]})
+    tables = {name: loaded[name] for name in params["scorers"]}  # in the configured order
+    include = list((params.get("correlation") or {}).get("include") or [])
+    for name in include:
+        if name in other_score_tables:
+            tables[name] = other_score_tables[name]
+        else:
+            logger.info("heuristics: no %s_scores table yet; correlation without it", name)
+    matrix = spearman_matrix(tables)
+    names = list(matrix.columns)
+    figure = Figure(figsize=(1.2 * len(names) + 2.5, 1.2 * len(names) + 1.5), dpi=100)
+    axis = figure.subplots()
+    image = axis.imshow(matrix.to_numpy(), vmin=-1, vmax=1, cmap="coolwarm")
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            value = matrix.iat[i, j]
+            axis.text(j, i, "nan" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8)
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    axis.set_title("Spearman rho of scores (oriented: higher = better)", fontsize=9)
+    figure.tight_layout()
+    return figure, matrix.rename_axis("scorer").reset_index()

@@ -1,0 +1,208 @@
+"""The one interface every scorer implements (heuristics, aesthetic, nsfw, the rater's scoring, ...).
+
+A scorer turns a batch of samples into one float per sample. What it reads is declared in `needs`; which way is
+better is declared in `higher_is_better`; `version` changes whenever its settings or weights change, so stored
+scores can be reused exactly when they would come out the same. A new scorer is one file with a
+`@register_scorer` class plus one import line in `scorers/__init__.py`.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from alchemist_kedro.schemas import SCORE_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+# What a scorer may ask for in `needs`.
+BATCH_INPUTS = frozenset({"image", "caption"})
+
+
+@dataclass
+class ScoreBatch:
+    """Rows handed to `Scorer.score_batch`, aligned by position.
+
+    `images` are decoded RGB uint8 arrays of shape (H, W, 3): decoded once per shard and shared by every image
+    scorer. Derived views (e.g. the resized grayscale the three image statistics share) are memoised in `cache`
+    through `cached`, so they too are computed once per batch.
+    """
+
+    uids: list[str]
+    images: list[np.ndarray] | None = None
+    captions: list[str | None] | None = None
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("images", "captions"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.uids):
+                raise ValueError(f"ScoreBatch.{name} has {len(values)} rows but uids has {len(self.uids)}")
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+class Scorer(ABC):
+    """Base class of all scorers: settings in `__init__`, one float64 per row out of `score_batch`."""
+
+    name: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    needs: ClassVar[frozenset[str]]
+    # Constructor arguments kept out of `version`: those that change speed, not values (threads, device, ...), and
+    # weight paths whose files' contents `weights_digest` already covers (moving a file must not force a rescore).
+    unversioned_params: ClassVar[frozenset[str]] = frozenset({"threads"})
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    @property
+    def version(self) -> str:
+        """`<name>-<12 hex>`: a hash of the settings and of the weights' digest (if any)."""
+        settings = {k: v for k, v in sorted(self.params.items()) if k not in self.unversioned_params}
+        payload = json.dumps(
+            {"settings": settings, "weights": self.weights_digest()}, sort_keys=True, default=str
+        )
+        return f"{self.name}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+    def weights_digest(self) -> str | None:
+        """Digest of the weights this scorer runs, or None when it has none."""
+        return None
+
+    def check_batch(self, batch: ScoreBatch) -> None:
+        if "image" in self.needs and batch.images is None:
+            raise ValueError(f"scorer {self.name!r} needs images but the batch has none")
+        if "caption" in self.needs and batch.captions is None:
+            raise ValueError(f"scorer {self.name!r} needs captions but the batch has none")
+
+    @abstractmethod
+    def score_batch(self, batch: ScoreBatch) -> np.ndarray:
+        """One float64 per row of `batch`, in the scorer's own orientation (see `higher_is_better`)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.version})"
+
+
+_REGISTRY: dict[str, type[Scorer]] = {}
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make `cls` available to `get_scorer(cls.name)`."""
+    for attribute in ("name", "higher_is_better", "needs"):
+        if not hasattr(cls, attribute):
+            raise TypeError(f"{cls.__name__} must define class attribute {attribute!r}")
+    unknown = set(cls.needs) - BATCH_INPUTS
+    if unknown:
+        raise TypeError(f"{cls.__name__}.needs has unknown inputs {sorted(unknown)}; known: {sorted(BATCH_INPUTS)}")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"scorer name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_scorers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def scorer_class(name: str) -> type[Scorer]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown scorer {name!r}; registered scorers: {available_scorers()}") from None
+
+
+def get_scorer(name: str, **params: Any) -> Scorer:
+    """Build the registered scorer `name` with `params` (its constructor's keyword arguments)."""
+    cls = scorer_class(name)
+    accepted = accepted_params(cls)
+    unknown = set(params) - accepted
+    if unknown:
+        raise TypeError(f"scorer {name!r} got unknown settings {sorted(unknown)}; it accepts {sorted(accepted)}")
+    return cls(**params)
+
+
+def accepted_params(cls: type[Scorer]) -> set[str]:
+    signature = inspect.signature(cls.__init__)
+    return {
+        p.name
+        for p in signature.parameters.values()
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_score_table(
+    uids: Sequence[str],
+    raw_scores: Sequence[float] | np.ndarray,
+    scorer_name: str,
+    scorer_version: str,
+    higher_is_better: bool,
+) -> pd.DataFrame:
+    """A SCORE_SCHEMA table: `score` oriented higher = better, rank 0 = best, ties broken by uid.
+
+    Rows whose raw score is NaN (e.g. an image that did not decode) are kept, ranked after every scored row (in uid
+    order among themselves), with NaN `score`; a warning says how many. No row is ever dropped.
+    """
+    uid_array = np.asarray(list(uids), dtype=object)
+    raw = np.asarray(raw_scores, dtype=np.float64)
+    if raw.shape != (len(uid_array),):
+        raise ValueError(f"{scorer_name}: {len(uid_array)} uids but raw scores of shape {raw.shape}")
+    if pd.isna(uid_array).any():
+        raise ValueError(f"{scorer_name}: null uid in the score table")
+    uid_series = pd.Series(uid_array, dtype="string")
+    if uid_series.duplicated().any():
+        duplicates = uid_series[uid_series.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"{scorer_name}: duplicate uids (first: {duplicates}); ranks need unique uids")
+    if np.isinf(raw).any():
+        raise ValueError(f"{scorer_name}: infinite raw scores for {int(np.isinf(raw).sum())} rows")
+
+    # 0.0 - raw rather than -raw: a raw 0 gives +0.0, not -0.0.
+    score = raw if higher_is_better else 0.0 - raw
+    missing = np.isnan(score)
+    if missing.any():
+        logger.warning(
+            "%s: %d of %d rows have no score (NaN); they are kept and ranked last", scorer_name, missing.sum(), len(raw)
+        )
+    order_frame = pd.DataFrame(
+        {"missing": missing, "neg_score": np.where(missing, 0.0, -score), "uid": uid_series}
+    )
+    order = order_frame.sort_values(["missing", "neg_score", "uid"], kind="mergesort").index.to_numpy()
+    rank = np.empty(len(raw), dtype=np.int64)
+    rank[order] = np.arange(len(raw), dtype=np.int64)
+
+    table = pd.DataFrame(
+        {
+            "uid": uid_series.astype(object),
+            "score": score,
+            "raw_score": raw,
+            "rank": rank,
+            "percentile": (rank + 0.5) / max(len(raw), 1),
+            # object columns: pyarrow maps them to `string` exactly as SCORE_SCHEMA says (pandas 3's str dtype
+            # would become large_string).
+            "scorer": pd.Series([scorer_name] * len(raw), dtype=object),
+            "scorer_version": pd.Series([scorer_version] * len(raw), dtype=object),
+        }
+    )
+    table = table.sort_values("rank", kind="mergesort").reset_index(drop=True)
+    return table[[f.name for f in SCORE_SCHEMA]]

@@ -1,0 +1,144 @@
+"""The heuristics pipeline on tiny real partitioned parquet, through the project's own catalog entries."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import yaml
+from kedro.io import DataCatalog
+from kedro.runner import SequentialRunner
+
+from alchemist_kedro.pipelines.heuristics import create_pipeline
+from alchemist_kedro.pipelines.heuristics import nodes as heuristic_nodes
+from alchemist_kedro.schemas import SCORE_SCHEMA
+from alchemist_kedro.scorers import build_score_table
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def png(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert ok
+    return encoded.tobytes()
+
+
+def sample_shard(shard: str, count: int, seed: int, broken: int | None = None) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        # Random blocks, blurred by a random amount: a spread of sharpness.
+        blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        image = cv2.resize(blocks, (64, 64), interpolation=cv2.INTER_NEAREST)
+        image = cv2.GaussianBlur(image, (0, 0), 0.3 + 2.0 * rng.random())
+        rows.append({"uid": f"{shard}-{i:03d}", "caption": f"caption {i}",
+                     "image": b"\x89PNG broken" if i == broken else png(image), "width": 64, "height": 64,
+                     "sha256": "0" * 64, "source": "test", "split": "pool", "location": f"{shard}.tar",
+                     "shard": shard, "defect": None})
+    return pd.DataFrame(rows)
+
+
+def write_samples(folder: Path, shards: dict[str, pd.DataFrame]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard, table in shards.items():
+        table.to_parquet(folder / f"{shard}.parquet", index=False)
+
+
+def project_catalog(data: Path) -> DataCatalog:
+    """conf/base/catalog_heuristics.yml (+ `samples` as ingest defines it) with data/ moved to `data` and MLflow
+    artifact wrappers replaced by the datasets they wrap (no MLflow run in a unit test)."""
+    text = (ROOT / "conf/base/catalog_heuristics.yml").read_text() + (ROOT / "conf/base/catalog_ingest.yml").read_text()
+    config = yaml.safe_load(text.replace("data/", f"{data}/"))
+    config = {name: entry for name, entry in config.items()
+              if name.startswith(("heuristic", "other_score", "{scorer}")) or name == "samples"}
+    for name, entry in config.items():
+        if entry["type"].endswith("MlflowArtifactDataset"):
+            config[name] = entry["dataset"]
+    return DataCatalog.from_config(config)
+
+
+def run(data: Path, params: dict) -> DataCatalog:
+    catalog = project_catalog(data)
+    catalog["params:heuristics"] = params
+    SequentialRunner().run(create_pipeline(), catalog)
+    return catalog
+
+
+@pytest.fixture
+def params() -> dict:
+    config = yaml.safe_load((ROOT / "conf/base/parameters_heuristics.yml").read_text())["heuristics"]
+    config["short_side"] = 64  # native size: keeps the test fast
+    return config
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[tuple[str, tuple[str, ...]]]:
+    seen = []
+    real = heuristic_nodes.score_table_shard
+
+    def spy(table, scorers, batch_size, shard="<in memory>"):
+        seen.append((shard, tuple(scorer.name for scorer in scorers)))
+        return real(table, scorers, batch_size, shard)
+
+    monkeypatch.setattr(heuristic_nodes, "score_table_shard", spy)
+    return seen
+
+
+def test_scores_ranks_globally_resumes_and_rescores_on_change(tmp_path, params, calls):
+    data = tmp_path / "data"
+    shards = {"shard-0": sample_shard("shard-0", 7, seed=0, broken=3), "shard-1": sample_shard("shard-1", 5, seed=1)}
+    write_samples(data / "03_primary/samples", shards)
+    params["batch_size"] = 4  # several batches per shard
+
+    catalog = run(data, params)
+    assert sorted(calls) == [("shard-0", ("clarity", "frequency", "edge_density", "nsfw")),
+                             ("shard-1", ("clarity", "frequency", "edge_density", "nsfw"))]
+    raw = pd.concat([pd.read_parquet(data / f"07_model_output/heuristic_raw_scores/{s}.parquet") for s in shards])
+    assert raw["decode_error"].notna().tolist() == [i == 3 for i in range(7)] + [False] * 5
+
+    for name, higher_is_better in [("clarity", True), ("frequency", True), ("edge_density", True), ("nsfw", False)]:
+        table = catalog.load(f"{name}_scores")  # the "{scorer}_scores" factory, as select / compare read it
+        assert pa.Schema.from_pandas(table, preserve_index=False).remove_metadata().names == SCORE_SCHEMA.names
+        assert len(table) == 12 and sorted(table["rank"]) == list(range(12))  # one ranking over both shards
+        expected = build_score_table(raw["uid"], raw[name], name, table["scorer_version"].iloc[0], higher_is_better)
+        pd.testing.assert_frame_equal(table.reset_index(drop=True), expected, check_dtype=False)
+        assert table.set_index("uid").loc["shard-0-003", "rank"] == 11  # undecodable image: NaN, last, kept
+    assert (data / "08_reporting/heuristics/histograms/nsfw.png").stat().st_size > 0
+    spearman = pd.read_csv(data / "08_reporting/heuristics/spearman.csv")
+    assert spearman["scorer"].tolist() == ["clarity", "frequency", "edge_density", "nsfw"]
+
+    # Rerun unchanged: nothing scored, partitions untouched; a rater table now joins the correlation.
+    raw_files = sorted((data / "07_model_output/heuristic_raw_scores").glob("*.parquet"))
+    stamps = [path.stat().st_mtime_ns for path in raw_files]
+    rater = build_score_table(raw["uid"], np.arange(12.0), "rater", "r-1", True)
+    rater.to_parquet(data / "07_model_output/rater_scores.parquet", index=False)
+    calls.clear()
+    run(data, params)
+    assert calls == []
+    assert [path.stat().st_mtime_ns for path in raw_files] == stamps
+    assert "rater" in pd.read_csv(data / "08_reporting/heuristics/spearman.csv")["scorer"].tolist()
+
+    # A changed setting rescored only the scorer it belongs to; a re-ingested shard is rescored whole.
+    params["scorer_params"]["frequency"]["cutoff"] = 0.3
+    write_samples(data / "03_primary/samples", {"shard-1": sample_shard("shard-1", 4, seed=2)})
+    calls.clear()
+    catalog = run(data, params)
+    assert sorted(calls) == [("shard-0", ("frequency",)), ("shard-1", ("clarity", "frequency", "edge_density", "nsfw"))]
+    kept = pd.read_parquet(data / "07_model_output/heuristic_raw_scores/shard-0.parquet")
+    np.testing.assert_array_equal(kept["clarity"], raw["clarity"].iloc[:7])
+    frequency = catalog.load("frequency_scores")
+    assert len(frequency) == 11 and frequency["scorer_version"].nunique() == 1
+    assert frequency["scorer_version"].iloc[0] != expected_version(raw, "frequency")
+
+
+def expected_version(raw: pd.DataFrame, name: str) -> str:
+    return raw[f"{name}_version"].iloc[0]
+
+
+def test_missing_columns_and_empty_config_fail_clearly(params):
+    with pytest.raises(ValueError, match="lacks columns \\['image'\\]"):
+        heuristic_nodes.score_table_shard(pd.DataFrame({"uid": ["a"]}), heuristic_nodes.build_scorers(
+            {**params, "scorers": ["clarity"]}), 4, "shard-x")
+    with pytest.raises(ValueError, match="heuristics.scorers is empty"):
+        heuristic_nodes.build_scorers({**params, "scorers": []})
