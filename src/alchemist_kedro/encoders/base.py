@@ -1,0 +1,177 @@
+"""One interface for the image and text encoders whose features the rater reads.
+
+An encoder is one file that subclasses `ImageEncoder` or `TextEncoder` and registers itself by name with
+`@register_image_encoder("name")` / `@register_text_encoder("name")`; conf picks it by that name.
+
+Every encoder has a `fingerprint`: its name, the sha256[:16] of its weight file(s) and, where set, a hash of the
+settings that change its output. The features pipeline stores it with each cached shard and recomputes a shard only
+when it changes, so swapping weights (or a setting that matters) can never silently reuse stale features.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _file_sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _file_sha256_cached(path: str, size: int, mtime_ns: int) -> str:  # size/mtime: cache key only
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
+    """sha256[:16] over the named files' contents, in sorted-name order (one file: its own sha256[:16])."""
+    files = sorted(Path(p) for p in paths)
+    if not files:
+        raise ValueError("weights_digest needs at least one weights file")
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"weights file(s) not found: {missing}")
+    if len(files) == 1:
+        return _file_sha256(files[0])[:16]
+    combined = hashlib.sha256("".join(f"{p.name}:{_file_sha256(p)}\n" for p in files).encode())
+    return combined.hexdigest()[:16]
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """A short stable hash of JSON-able settings (sorted keys)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_fingerprint(name: str, weights: str, settings: dict[str, Any] | None = None) -> str:
+    """`name@weights`, plus `+settings_hash[:8]` when the encoder has settings that change its output."""
+    return f"{name}@{weights}" + (f"+{settings_digest(settings)[:8]}" if settings else "")
+
+
+def check_images(images: Sequence[np.ndarray]) -> None:
+    """Raise a ValueError naming the first image that is not a uint8 HxWx3 RGB array."""
+    for index, image in enumerate(images):
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"image {index}: expected a numpy array, got {type(image).__name__}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"image {index}: expected an HxWx3 RGB array, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image {index}: expected dtype uint8, got {image.dtype}")
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    """Raise a ValueError naming the first entry that is not a string."""
+    if isinstance(texts, str):
+        raise ValueError("expected a list of texts, got a single string")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"text {index}: expected a string, got {type(text).__name__} ({text!r})")
+
+
+def batches(count: int, batch_size: int) -> Iterable[slice]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, count, batch_size):
+        yield slice(start, min(start + batch_size, count))
+
+
+class ImageEncoder(ABC):
+    """Images (uint8 HxWx3 RGB arrays, any size) → float32 (N, dim) embeddings."""
+
+    name: str
+    dim: int
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str: ...
+
+    @abstractmethod
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+class TextEncoder(ABC):
+    """Texts → float32 (N, dim) sentence embeddings, and per-token states for cross-attention."""
+
+    name: str
+    dim: int  # sentence embedding size
+    token_dim: int  # per-token hidden-state size
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str: ...
+
+    @abstractmethod
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    @abstractmethod
+    def token_states(self, texts: Sequence[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (N, max_tokens, token_dim) zero-padded states and int8 (N, max_tokens) mask (1 = real token)."""
+
+    def encode(self, texts: Sequence[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embeddings, token states, mask). Encoders that get all three from one forward pass override this."""
+        states, mask = self.token_states(texts, max_tokens)
+        return self.embed_texts(texts), states, mask
+
+
+_IMAGE_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {}
+_TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {}
+
+
+def register_image_encoder(name: str) -> Callable:
+    def decorator(factory: Callable[..., ImageEncoder]) -> Callable[..., ImageEncoder]:
+        _IMAGE_ENCODERS[name] = factory
+        return factory
+
+    return decorator
+
+
+def register_text_encoder(name: str) -> Callable:
+    def decorator(factory: Callable[..., TextEncoder]) -> Callable[..., TextEncoder]:
+        _TEXT_ENCODERS[name] = factory
+        return factory
+
+    return decorator
+
+
+def image_encoder_names() -> list[str]:
+    return sorted(_IMAGE_ENCODERS)
+
+
+def text_encoder_names() -> list[str]:
+    return sorted(_TEXT_ENCODERS)
+
+
+def get_image_encoder(name: str, **config: Any) -> ImageEncoder:
+    """Build the image encoder registered as `name` with its conf settings (e.g. batch_size, threads, path)."""
+    if name not in _IMAGE_ENCODERS:
+        raise ValueError(f"unknown image encoder {name!r}; registered: {image_encoder_names()}")
+    return _build("image encoder", name, _IMAGE_ENCODERS[name], config)
+
+
+def get_text_encoder(name: str, **config: Any) -> TextEncoder:
+    """Build the text encoder registered as `name` with its conf settings (e.g. batch_size, path)."""
+    if name not in _TEXT_ENCODERS:
+        raise ValueError(f"unknown text encoder {name!r}; registered: {text_encoder_names()}")
+    return _build("text encoder", name, _TEXT_ENCODERS[name], config)
+
+
+def _build(kind: str, name: str, factory: Callable, config: dict[str, Any]) -> Any:
+    # Check the conf keys against the constructor first, so a typo names itself instead of a bare TypeError.
+    try:
+        inspect.signature(factory).bind(**config)
+    except TypeError as error:
+        accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+        raise ValueError(f"{kind} {name!r}: bad settings {sorted(config)} ({error}); accepted: {accepted}") from None
+    return factory(**config)
