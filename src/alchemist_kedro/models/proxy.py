@@ -1,0 +1,176 @@
+"""The proxy T2I model: a small text-conditioned diffusion model composed from diffusers parts.
+
+The paper prefers an autoregressive proxy because a diffusion loss is noisy per sample. `per_sample_loss` answers
+that (method.md, "Low-variance per-sample loss"): K fixed stratified timesteps and noise from a per-(uid, k) seed,
+so a loss difference between two models or two samples reflects them and not the draw.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+
+@dataclass
+class ProxyConfig:
+    resolution: int = 32  # pixel-space side; the latent side is resolution / VAE downsampling
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    # Cross-attention only at 16×16 and below: at 32×32 attention is 82% of a CPU step (stack-notes.md).
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    layers_per_block: int = 1
+    attention_heads: int = 2  # diffusers reads `attention_head_dim` as the number of heads here
+    norm_num_groups: int = 16
+    cross_attention_dim: int = 384  # the text encoder's token dim (MiniLM)
+    num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    snr_gamma: float | None = 5.0  # min-SNR-γ (diffusers train_text_to_image.py); None = plain MSE
+    caption_dropout: float = 0.1  # plain training step only: null caption = zero tokens + zero mask (CFG-ready)
+    vae_path: str | None = None  # local AutoencoderKL folder → latent space; None = pixel space
+
+    def __post_init__(self):
+        for name in ("block_out_channels", "down_block_types", "up_block_types"):
+            setattr(self, name, tuple(getattr(self, name)))
+
+
+def load_vae(path: str | Path) -> AutoencoderKL:
+    """A frozen AutoencoderKL from a local folder (save_pretrained layout). Never a hub id: no network here."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no AutoencoderKL config.json under {path}")
+    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    vae.requires_grad_(False).eval()
+    return vae
+
+
+class ProxyT2I(nn.Module):
+    def __init__(self, config: ProxyConfig, vae: AutoencoderKL | None = None):
+        super().__init__()
+        self.config = config
+        if config.vae_path is not None and vae is None:
+            vae = load_vae(config.vae_path)
+        # Kept out of the module tree: the VAE is frozen and must not land in the proxy's state dict / optimiser.
+        self._vae = [vae] if vae is not None else []
+        if vae is not None:
+            down = 2 ** (len(vae.config.block_out_channels) - 1)
+            in_channels, sample_size = vae.config.latent_channels, config.resolution // down
+        else:
+            in_channels, sample_size = 3, config.resolution
+        self.unet = UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            block_out_channels=config.block_out_channels,
+            down_block_types=config.down_block_types,
+            up_block_types=config.up_block_types,
+            layers_per_block=config.layers_per_block,
+            attention_head_dim=config.attention_heads,
+            norm_num_groups=config.norm_num_groups,
+            cross_attention_dim=config.cross_attention_dim,
+        )
+        self.scheduler = DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type
+        )
+        self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
+
+    @property
+    def vae(self) -> AutoencoderKL | None:
+        return self._vae[0] if self._vae else None
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, R, R) → the space the UNet denoises."""
+        if self.vae is None:
+            return images
+        # The posterior mean, not a sample: a deterministic latent keeps the CRN loss deterministic.
+        return self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
+
+    def loss_at(self, x0, timesteps, noise, tokens, mask) -> torch.Tensor:
+        """Per-sample (min-SNR weighted) diffusion loss at given (t, ε) draws; x0 already in model space."""
+        x_t = self.scheduler.add_noise(x0, noise, timesteps)
+        pred = self.unet(x_t, timesteps, encoder_hidden_states=tokens, encoder_attention_mask=mask).sample
+        if self.config.prediction_type == "v_prediction":
+            target = self.scheduler.get_velocity(x0, noise, timesteps)
+        else:
+            target = noise
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.config.snr_gamma is not None:
+            snr = self.alphas_cumprod[timesteps] / (1 - self.alphas_cumprod[timesteps])
+            weight = torch.clamp(snr, max=self.config.snr_gamma)
+            # diffusers train_text_to_image.py: divide by snr for ε-prediction, by snr + 1 for v-prediction.
+            weight = weight / (snr + 1) if self.config.prediction_type == "v_prediction" else weight / snr
+            loss = loss * weight
+        return loss
+
+
+def stable_seed(*parts) -> int:
+    """A 63-bit seed from strings/ints that is the same in every process (Python's hash() is salted)."""
+    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def generator_for(*parts) -> torch.Generator:
+    return torch.Generator().manual_seed(stable_seed(*parts))
+
+
+def stratified_timesteps(num_timesteps: int, num_train_timesteps: int) -> torch.Tensor:
+    """K fixed timesteps at the mid-quantiles of the schedule: (k + 0.5) / K · T."""
+    k = torch.arange(num_timesteps, dtype=torch.float64)
+    return ((k + 0.5) / num_timesteps * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+
+
+def per_sample_loss(
+    proxy: ProxyT2I,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    uids: list[str],
+    *,
+    num_timesteps: int = 4,
+    crn: bool = True,
+    noise_seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(B,) loss, the mean over K evaluations per sample.
+
+    crn=True: K stratified timesteps and ε seeded by (noise_seed, uid, k), i.e. the same draws for a sample in any
+    batch, model or step (common random numbers). crn=False: K random timesteps and fresh ε from `generator`.
+    Gradients flow if the caller has grad enabled. Caption dropout is off: this is the loss the rater sees.
+    """
+    b, k = len(uids), num_timesteps
+    x0 = proxy.encode(images)
+    shape = x0.shape[1:]
+    if crn:
+        t = stratified_timesteps(k, proxy.config.num_train_timesteps).repeat(b)
+        noise = torch.stack(
+            [torch.randn(shape, generator=generator_for(noise_seed, uid, j)) for uid in uids for j in range(k)]
+        )
+    else:
+        t = torch.randint(0, proxy.config.num_train_timesteps, (b * k,), generator=generator)
+        noise = torch.randn((b * k, *shape), generator=generator)
+    loss = proxy.loss_at(
+        x0.repeat_interleave(k, 0), t, noise.to(x0.dtype), tokens.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+    )
+    return loss.view(b, k).mean(1)
+
+
+def draw_training_noise(proxy: ProxyT2I, x0: torch.Tensor, generator: torch.Generator, caption_dropout: float = 0.0):
+    """One random (t, ε) per sample and a caption-dropout mask, all from `generator` (a function of seed and step)."""
+    b = x0.shape[0]
+    t = torch.randint(0, proxy.config.num_train_timesteps, (b,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.dtype)
+    keep = (torch.rand(b, generator=generator) >= caption_dropout).to(x0.dtype)
+    return t, noise, keep
+
+
+def training_loss(proxy: ProxyT2I, images, tokens, mask, generator, caption_dropout=None) -> torch.Tensor:
+    """(B,) loss of the proxy's plain training step: random t, caption dropout (null = zero tokens + zero mask)."""
+    p = proxy.config.caption_dropout if caption_dropout is None else caption_dropout
+    x0 = proxy.encode(images)
+    t, noise, keep = draw_training_noise(proxy, x0, generator, p)
+    return proxy.loss_at(x0, t, noise, tokens * keep[:, None, None], mask * keep[:, None].to(mask.dtype))

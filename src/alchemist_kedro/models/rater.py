@@ -1,0 +1,95 @@
+"""The multi-granularity rater (paper §3.1, "Multi-granularity perception"; method.md "Rater")."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class RaterConfig:
+    feature_dim: int = 1024 + 384  # image_emb ⊕ text_emb
+    hidden_dim: int = 256
+    group_hidden_dim: int = 128
+    use_group: bool = True  # False: the ablation without the Group MLP (W_b = 1)
+
+
+class Rater(nn.Module):
+    def __init__(self, config: RaterConfig):
+        super().__init__()
+        self.config = config
+        d = config.feature_dim
+        # Standardisation is fixed (computed once on the pool, stored with the weights), not per batch: the
+        # instance logit is the corpus-wide ranking key, so it must not depend on which batch a sample sits in.
+        self.register_buffer("feature_mean", torch.zeros(d))
+        self.register_buffer("feature_std", torch.ones(d))
+        self.instance_mlp = nn.Sequential(
+            nn.Linear(d, config.hidden_dim),
+            nn.GELU(),
+            nn.Linear(config.hidden_dim, config.hidden_dim),
+            nn.GELU(),
+            nn.Linear(config.hidden_dim, 1),
+        )
+        self.group_mlp = (
+            nn.Sequential(nn.Linear(2 * d, config.group_hidden_dim), nn.GELU(), nn.Linear(config.group_hidden_dim, 1))
+            if config.use_group
+            else None
+        )
+
+    @torch.no_grad()
+    def set_standardisation(self, features: torch.Tensor) -> None:
+        self.feature_mean.copy_(features.mean(0))
+        # Floor: a constant feature dimension (padding, a dead unit) would otherwise divide by ~0.
+        self.feature_std.copy_(features.std(0).clamp_min(1e-4))
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.feature_mean) / self.feature_std
+
+    def instance_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.instance_mlp(self.standardise(features)).squeeze(-1)
+
+    def forward(self, features: torch.Tensor):
+        """features (B, F) → (logits (B,), instance weights (B,), batch weight (), weights W (B,))."""
+        f = self.standardise(features)
+        logits = self.instance_mlp(f).squeeze(-1)
+        # eq. 7: ONE softmax over the raw logits. The official code's softmax(sigmoid(·)) then softmax again
+        # leaves weights within ~1% of uniform at batch 32 (method.md), i.e. no selection signal.
+        instance_weights = torch.softmax(logits, dim=0)
+        if self.group_mlp is not None:
+            group_stat = torch.cat([f.mean(0), f.var(0, unbiased=False)])
+            batch_weight = torch.sigmoid(self.group_mlp(group_stat)).squeeze(-1)
+        else:
+            batch_weight = torch.ones((), dtype=f.dtype, device=f.device)
+        return logits, instance_weights, batch_weight, instance_weights * batch_weight
+
+
+@torch.no_grad()
+def score_with_rater(rater: Rater, features, batch_size: int = 4096) -> np.ndarray:
+    """Instance logits for (N, F) features: the batch-independent score (method.md), higher = better."""
+    rater.eval()
+    features = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    out = [rater.instance_logits(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def rater_to_artifact(rater: Rater) -> dict:
+    """What the `rater_model` dataset stores: state dict (safetensors) + config (JSON)."""
+    return {"state_dict": {k: v.detach().clone() for k, v in rater.state_dict().items()}, "config": asdict(rater.config)}
+
+
+def rater_from_artifact(artifact: dict) -> Rater:
+    rater = Rater(RaterConfig(**artifact["config"]))
+    rater.load_state_dict(artifact["state_dict"])
+    rater.eval()
+    return rater
+
+
+def weight_entropy(instance_weights: torch.Tensor) -> float:
+    """Entropy of the instance weights over log(B): 1 = uniform, 0 = one sample takes all."""
+    w = instance_weights.detach().clamp_min(1e-12)
+    return float(-(w * w.log()).sum() / np.log(len(w))) if len(w) > 1 else 1.0
+
+
+__all__ = ["Rater", "RaterConfig", "score_with_rater", "rater_to_artifact", "rater_from_artifact", "weight_entropy"]

@@ -1,0 +1,28 @@
+"""samples + features → rater_inputs → (rater_model, history, per-sample trace)."""
+from kedro.pipeline import Node, Pipeline
+
+from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs, train_rater
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                build_rater_inputs,
+                inputs=["samples", "features", "params:rater"],
+                outputs="rater_inputs",
+                name="build_rater_inputs",
+            ),
+            Node(
+                train_rater,
+                inputs=["rater_inputs", "params:rater"],
+                outputs=[
+                    "rater_model",
+                    "rater_training_history",
+                    "rater_training_history_table",
+                    "rater_per_sample_trace",
+                ],
+                name="train_rater",
+            ),
+        ]
+    )

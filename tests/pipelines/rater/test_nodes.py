@@ -1,0 +1,79 @@
+import io
+
+import numpy as np
+import pandas as pd
+import torch
+from kedro.io import Version
+from PIL import Image
+
+from alchemist_kedro.datasets.torch_safetensors import TorchSafetensorsDataset
+from alchemist_kedro.models.rater import rater_from_artifact, score_with_rater
+from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs, train_rater
+
+torch.set_num_threads(1)
+TOKENS, TOKEN_DIM = 4, 32
+
+
+def _png(colour):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tables(n_pool=24, n_val=8, n_test=4):
+    rng = np.random.default_rng(0)
+    rows, feats = [], []
+    for i, split in enumerate(["pool"] * n_pool + ["val"] * n_val + ["test"] * n_test):
+        uid = f"u{i:03d}"
+        rows.append({"uid": uid, "caption": "c", "image": _png((i * 7 % 255, 40, 200)), "split": split,
+                     "defect": "noise" if i % 5 == 0 else None})
+        if i != 3:  # one pool sample has no features yet
+            feats.append({"uid": uid, "image_emb": rng.normal(size=12).astype(np.float32),
+                          "text_emb": rng.normal(size=6).astype(np.float32),
+                          "text_tokens": rng.normal(size=TOKENS * TOKEN_DIM).astype(np.float32),
+                          "text_mask": np.array([1, 1, 0, 0], np.int8), "fingerprint": "fp"})
+    samples, features = pd.DataFrame(rows), pd.DataFrame(feats)
+    # PartitionedDataset hands nodes {partition: load callable}; two shards each.
+    return ({"a": lambda: samples.iloc[:20], "b": lambda: samples.iloc[20:]},
+            {"a": lambda: features.iloc[:10], "b": lambda: features.iloc[10:]})
+
+
+def _params(tmp_path):
+    return {
+        "threads": 1,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "proxy": {"resolution": 16, "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 8,
+                  "cross_attention_dim": TOKEN_DIM},
+        "model": {"hidden_dim": 8, "group_hidden_dim": 4, "use_group": True},
+        "training": {"warmup_steps": 2, "meta_steps": 3, "batch_size": 8, "val_batch_size": 4, "checkpoint_every": 2,
+                     "trace_every": 2, "probe_size": 3, "ul_start": 0.5},
+    }
+
+
+def test_build_inputs_joins_by_uid_decodes_and_drops_test(tmp_path):
+    samples, features = _tables()
+    out = build_rater_inputs(samples, features, _params(tmp_path))
+    assert len(out["pool_uids"]) == 23 and len(out["val_uids"]) == 8 and out["missing_features"] == 1
+    assert "u003" not in out["pool_uids"] and not any(int(u[1:]) >= 32 for u in out["pool_uids"] + out["val_uids"])
+    assert out["pool_images"].shape == (23, 3, 16, 16)
+    # u000 was filled with RGB (0, 40, 200) → [-1, 1] scale.
+    np.testing.assert_allclose(out["pool_images"][0, :, 0, 0].numpy(), np.array([0, 40, 200]) / 127.5 - 1, atol=1e-6)
+    assert out["pool_tokens"].shape == (23, TOKENS, TOKEN_DIM) and out["pool_features"].shape == (23, 18)
+
+
+def test_train_node_outputs_and_model_round_trip(tmp_path):
+    samples, features = _tables()
+    inputs = build_rater_inputs(samples, features, _params(tmp_path))
+    artifact, metrics, table, trace = train_rater(inputs, _params(tmp_path))
+    assert {"rater.meta/val_loss", "rater.meta/batch_weight", "rater.warmup/loss"} <= set(metrics)
+    assert [p["step"] for p in metrics["rater.meta/val_loss"]] == [2, 3, 4]
+    assert set(table.columns) == {"metric", "step", "value"} and len(table) == sum(map(len, metrics.values()))
+    assert list(trace.columns) == ["step", "uid", "loss", "grad_norm"] and (trace["grad_norm"] > 0).all()
+    assert any((tmp_path / "ckpt").rglob("state.json"))
+
+    ds = TorchSafetensorsDataset(filepath=str(tmp_path / "rater.safetensors"), version=Version(None, None))
+    ds.save(artifact)
+    loaded = rater_from_artifact(ds.load())
+    f = inputs["pool_features"].numpy()
+    np.testing.assert_array_equal(score_with_rater(loaded, f), score_with_rater(rater_from_artifact(artifact), f))
