@@ -25,7 +25,7 @@ from alchemist_kedro.schemas import SCORE_SCHEMA
 logger = logging.getLogger(__name__)
 
 # What a scorer may ask for in `needs`.
-BATCH_INPUTS = frozenset({"image", "caption"})
+BATCH_INPUTS = frozenset({"image", "caption", "features"})
 
 
 @dataclass
@@ -40,10 +40,12 @@ class ScoreBatch:
     uids: list[str]
     images: list[np.ndarray] | None = None
     captions: list[str | None] | None = None
+    # (N, F) float32 cached encoder features (image_emb ⊕ text_emb), for scorers that read features, not pixels.
+    features: np.ndarray | None = None
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("images", "captions"):
+        for name in ("images", "captions", "features"):
             values = getattr(self, name)
             if values is not None and len(values) != len(self.uids):
                 raise ValueError(f"ScoreBatch.{name} has {len(values)} rows but uids has {len(self.uids)}")
@@ -88,6 +90,8 @@ class Scorer(ABC):
             raise ValueError(f"scorer {self.name!r} needs images but the batch has none")
         if "caption" in self.needs and batch.captions is None:
             raise ValueError(f"scorer {self.name!r} needs captions but the batch has none")
+        if "features" in self.needs and batch.features is None:
+            raise ValueError(f"scorer {self.name!r} needs features but the batch has none")
 
     @abstractmethod
     def score_batch(self, batch: ScoreBatch) -> np.ndarray:

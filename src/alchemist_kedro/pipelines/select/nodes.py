@@ -15,6 +15,8 @@ import pandas as pd
 import matplotlib.pyplot as plt
 
 from alchemist_kedro.schemas import LEDGER_STATUSES
+from alchemist_kedro.scorers import build_score_table, get_scorer
+from alchemist_kedro.scorers.base import ScoreBatch
 from alchemist_kedro.selection import plots
 from alchemist_kedro.selection.datacomp import uid_subset_array
 from alchemist_kedro.selection.shards import img2dataset_tar
@@ -30,8 +32,12 @@ def strategy_params(params: dict[str, Any]) -> dict[str, Any]:
     return dict((params.get("strategies") or {}).get(params["strategy"]) or {})
 
 
-def select_from_scores(scores: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Manifest: one row per scored uid with score, percentile (0 = best), selected, strategy, params (JSON), seed."""
+def select_from_scores(scores: pd.DataFrame, params: dict[str, Any], *_upstream: Any) -> pd.DataFrame:
+    """Manifest: one row per scored uid with score, percentile (0 = best), selected, strategy, params (JSON), seed.
+
+    `_upstream`: tables this node only waits for (the rater's scores, which `scores` may be read back from), so a
+    default `kedro run` scores before it selects.
+    """
     if scores["uid"].duplicated().any():
         raise ValueError("score table has duplicate uids: one score per sample is required")
     ranking = Ranking(scores["score"].to_numpy(dtype=np.float64), uids=scores["uid"].array)
@@ -54,6 +60,74 @@ def select_from_scores(scores: pd.DataFrame, params: dict[str, Any]) -> pd.DataF
             "scorer": str(params.get("scorer", "")),
         }
     )
+
+
+def _feature_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """(N, F) float32: image_emb ⊕ text_emb, the rater's input (FEATURE_SCHEMA)."""
+    if not len(frame):
+        return np.zeros((0, 0), dtype=np.float32)
+    image = np.stack(frame["image_emb"].map(lambda v: np.asarray(v, np.float32)).to_list())
+    text = np.stack(frame["text_emb"].map(lambda v: np.asarray(v, np.float32)).to_list())
+    return np.concatenate([image, text], axis=1)
+
+
+def _score_shard(load_features: Callable[[], pd.DataFrame], scorer, group_batch_size: int) -> pd.DataFrame:
+    frame = load_features()
+    features = _feature_matrix(frame)
+    uids = frame["uid"].astype(str).tolist()
+    raw = scorer.score_batch(ScoreBatch(uids=uids, features=features)) if len(uids) else np.zeros(0)
+    return pd.DataFrame(
+        {
+            "uid": uids,
+            "raw_score": np.asarray(raw, dtype=np.float64),
+            "batch_weight": scorer.batch_weights(features, group_batch_size) if len(uids) else np.zeros(0),
+            "scorer_version": scorer.version,
+        }
+    )
+
+
+def score_shards_with_rater(
+    rater_model: dict, features: dict[str, Callable[[], pd.DataFrame]],
+    existing_scores: dict[str, Callable[[], pd.DataFrame]], params: dict[str, Any],
+) -> dict[str, Callable[[], pd.DataFrame]]:
+    """Raw rater scores (instance logit, plus the Group MLP's batch weight) per feature shard, lazily saved.
+
+    A shard already scored by the same rater version (a hash of its weights and config) over the same uids is
+    skipped: re-running after a crash, or after adding shards, scores only what is new. Memory holds one shard.
+    """
+    scorer = get_scorer("rater", artifact=rater_model, batch_size=int(params.get("batch_size", 4096)))
+    group_batch_size = int(params.get("group_batch_size", 16))
+    todo: dict[str, Callable[[], pd.DataFrame]] = {}
+    for shard, load_features in sorted(features.items()):
+        if shard in existing_scores:
+            stored = existing_scores[shard]()
+            if len(stored) and (stored["scorer_version"] == scorer.version).all():
+                if set(stored["uid"]) == set(load_features()["uid"].astype(str)):
+                    continue
+        todo[shard] = lambda load=load_features: _score_shard(load, scorer, group_batch_size)
+    logger.info("rater scoring (%s): %d shard(s) to score, %d already scored", scorer.version, len(todo),
+                len(features) - len(todo))
+    return todo
+
+
+def rank_rater_scores(
+    raw_scores: dict[str, Callable[[], pd.DataFrame]], features: dict[str, Any], rater_model: dict
+) -> pd.DataFrame:
+    """One SCORE_SCHEMA table over the whole corpus (ranks are global, not per shard), plus `batch_weight`.
+
+    Only shards that still have features count: raw scores of a shard removed since are left on disk, unused.
+    """
+    version = get_scorer("rater", artifact=rater_model).version
+    frames = [raw_scores[shard]() for shard in sorted(features) if shard in raw_scores]
+    missing = sorted(set(features) - set(raw_scores))
+    if missing:
+        raise ValueError(f"rater scores missing for feature shard(s) {missing[:5]}: the scoring node did not write them")
+    raw = pd.concat(frames, ignore_index=True)
+    stale = raw["scorer_version"] != version
+    if stale.any():
+        raise ValueError(f"{int(stale.sum())} rater scores come from another rater version than {version}")
+    table = build_score_table(raw["uid"], raw["raw_score"], "rater", version, higher_is_better=True)
+    return table.merge(raw[["uid", "batch_weight"]], on="uid", how="left", validate="one_to_one")
 
 
 def build_sample_index(

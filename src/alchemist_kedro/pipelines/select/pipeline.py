@@ -11,7 +11,12 @@ def create_pipeline(**kwargs) -> Pipeline:
     # shards) is passed to the index node so that node runs after ingest writes the table.
     return Pipeline(
         [
-            Node(nodes.select_from_scores, ["select_scores", "params:select"], "selection_manifest",
+            Node(nodes.score_shards_with_rater,
+                 ["rater_model", "features", "rater_raw_scores_existing", "params:select.rater_scoring"],
+                 "rater_raw_scores", name="select_score_with_rater"),
+            Node(nodes.rank_rater_scores, ["rater_raw_scores", "features", "rater_model"], "rater_scores",
+                 name="select_rank_rater_scores"),
+            Node(nodes.select_from_scores, ["select_scores", "params:select", "rater_scores"], "selection_manifest",
                  name="select_from_scores"),
             Node(nodes.build_sample_index, ["select_samples_index", "samples"], "select_sample_index",
                  name="select_build_sample_index"),

@@ -1,0 +1,55 @@
+"""rater: the trained Alchemist rater's instance logit (method.md: the batch-independent ranking key).
+
+Reads cached features (image_emb ⊕ text_emb, the rater's training input), not pixels. Higher = the rater would
+give the sample more weight in the proxy's training; note that under eq. 9 the head of that ranking is the
+plain, easy region that Shift-Gsample drops.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from alchemist_kedro.models.rater import rater_from_artifact, score_with_rater
+from alchemist_kedro.scorers.base import ScoreBatch, Scorer, register_scorer
+
+
+@register_scorer
+class RaterScorer(Scorer):
+    name = "rater"
+    higher_is_better = True
+    needs = frozenset({"features"})
+    # The artifact is covered by weights_digest; hashing the dict of tensors itself as a "setting" would be wrong.
+    unversioned_params = frozenset({"threads", "artifact", "batch_size"})
+
+    def __init__(self, artifact: dict, batch_size: int = 4096, threads: int = 1) -> None:
+        """`artifact`: what the `rater_model` dataset loads ({"state_dict", "config"})."""
+        super().__init__(artifact=artifact, batch_size=batch_size, threads=threads)
+        self.artifact = artifact
+        self.model = rater_from_artifact(artifact)
+        self.batch_size = int(batch_size)
+
+    def weights_digest(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.artifact["config"], sort_keys=True).encode())
+        for key, tensor in sorted(self.artifact["state_dict"].items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def score_batch(self, batch: ScoreBatch) -> np.ndarray:
+        self.check_batch(batch)
+        return score_with_rater(self.model, batch.features, batch_size=self.batch_size)
+
+    def batch_weights(self, features: np.ndarray, batch_size: int) -> np.ndarray:
+        """The Group MLP's W_b of consecutive batches of `batch_size` rows, one value per row (informative only:
+        it depends on which rows share a batch, so it is recorded, never ranked on)."""
+        import torch
+
+        out = np.ones(len(features), dtype=np.float64)
+        with torch.no_grad():
+            for start in range(0, len(features), batch_size):
+                chunk = torch.as_tensor(np.asarray(features[start : start + batch_size], dtype=np.float32))
+                if len(chunk) > 1:
+                    out[start : start + len(chunk)] = float(self.model(chunk)[2])
+        return out

@@ -1,0 +1,100 @@
+"""Rater scoring nodes of the select pipeline: per-shard raw scores with resume, then one global ranking."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from alchemist_kedro.models.rater import Rater, RaterConfig, rater_to_artifact, score_with_rater
+from alchemist_kedro.pipelines.select import nodes
+from alchemist_kedro.schemas import SCORE_SCHEMA
+
+IMAGE_DIM, TEXT_DIM = 6, 4
+
+
+def make_artifact(seed: int) -> dict:
+    torch.manual_seed(seed)
+    return rater_to_artifact(Rater(RaterConfig(feature_dim=IMAGE_DIM + TEXT_DIM, hidden_dim=8, group_hidden_dim=4)))
+
+
+def feature_shard(start: int, count: int) -> pd.DataFrame:
+    rng = np.random.default_rng(start)
+    return pd.DataFrame(
+        {
+            "uid": [f"u{i:04d}" for i in range(start, start + count)],
+            "image_emb": list(rng.normal(size=(count, IMAGE_DIM)).astype(np.float32)),
+            "text_emb": list(rng.normal(size=(count, TEXT_DIM)).astype(np.float32)),
+        }
+    )
+
+
+class Loads:
+    """Partition loaders that count how often each shard is read."""
+
+    def __init__(self, frames: dict[str, pd.DataFrame]):
+        self.frames, self.calls = frames, {k: 0 for k in frames}
+
+    def partitions(self) -> dict:
+        def loader(key):
+            def load():
+                self.calls[key] += 1
+                return self.frames[key].copy()
+            return load
+        return {key: loader(key) for key in self.frames}
+
+
+PARAMS = {"batch_size": 7, "group_batch_size": 5}
+
+
+def run_scoring(artifact, features: dict, existing: dict) -> dict[str, pd.DataFrame]:
+    lazy = nodes.score_shards_with_rater(artifact, features, existing, PARAMS)
+    return {shard: load() for shard, load in lazy.items()}
+
+
+def test_scores_are_instance_logits_ranked_over_the_whole_corpus():
+    artifact = make_artifact(0)
+    frames = {"a": feature_shard(0, 12), "b": feature_shard(12, 9)}
+    raw = run_scoring(artifact, Loads(frames).partitions(), {})
+    assert sorted(raw) == ["a", "b"]
+    table = nodes.rank_rater_scores({k: (lambda v=v: v) for k, v in raw.items()}, frames, artifact)
+    assert list(table.columns[: len(SCORE_SCHEMA.names)]) == SCORE_SCHEMA.names
+    assert "batch_weight" in table.columns and table["batch_weight"].between(0, 1).all()
+    everything = pd.concat(frames.values(), ignore_index=True)
+    rater = Rater(RaterConfig(**artifact["config"]))
+    rater.load_state_dict(artifact["state_dict"])
+    expected = score_with_rater(rater, nodes._feature_matrix(everything))
+    by_uid = dict(zip(everything["uid"], expected))
+    np.testing.assert_allclose(table["raw_score"], [by_uid[u] for u in table["uid"]], rtol=1e-6)
+    # Global ranks: 0..N-1 once each, best score first, across both shards.
+    assert sorted(table["rank"]) == list(range(len(everything)))
+    best = table.loc[table["rank"] == 0, "uid"].item()
+    assert best == max(by_uid, key=by_uid.get)
+
+
+def test_resume_skips_shards_scored_by_the_same_rater_and_rescoring_a_new_rater():
+    artifact = make_artifact(0)
+    frames = {"a": feature_shard(0, 12), "b": feature_shard(12, 9)}
+    first = run_scoring(artifact, Loads(frames).partitions(), {})
+    existing = {k: (lambda v=v: v) for k, v in first.items()}
+
+    frames["c"] = feature_shard(21, 5)  # a new shard arrives
+    again = run_scoring(artifact, Loads(frames).partitions(), existing)
+    assert sorted(again) == ["c"]
+
+    other = run_scoring(make_artifact(1), Loads(frames).partitions(), existing)
+    assert sorted(other) == ["a", "b", "c"]
+    assert other["a"]["scorer_version"].iloc[0] != first["a"]["scorer_version"].iloc[0]
+
+    changed = dict(frames, a=feature_shard(100, 12))  # same shard name, other rows
+    assert sorted(run_scoring(artifact, Loads(changed).partitions(), existing)) == ["a", "c"]
+
+
+def test_ranking_refuses_scores_of_another_rater_or_a_missing_shard():
+    frames = {"a": feature_shard(0, 6), "b": feature_shard(6, 6)}
+    raw = run_scoring(make_artifact(0), Loads(frames).partitions(), {})
+    loaders = {k: (lambda v=v: v) for k, v in raw.items()}
+    with pytest.raises(ValueError, match="another rater version"):
+        nodes.rank_rater_scores(loaders, frames, make_artifact(1))
+    with pytest.raises(ValueError, match="missing"):
+        nodes.rank_rater_scores({"a": loaders["a"]}, frames, make_artifact(0))
