@@ -1,0 +1,36 @@
+"""Evaluation metrics for generated images (fd_onsfw, alignment, optional Inception FID and CLIP-score)."""
+from alchemist_kedro.evaluation.metrics import (
+    EncoderFeatures,
+    PrecomputedFeatures,
+    alignment,
+    alignment_with_ceiling,
+    clip_score,
+    clip_score_metric,
+    fd_onsfw,
+    fd_onsfw_from_features,
+    fd_onsfw_metric,
+    frechet_distance,
+    inception_fid,
+    inception_fid_metric,
+    mean_ci95,
+    open_nsfw_features,
+    summarise_over_seeds,
+)
+
+__all__ = [
+    "EncoderFeatures",
+    "PrecomputedFeatures",
+    "alignment",
+    "alignment_with_ceiling",
+    "clip_score",
+    "clip_score_metric",
+    "fd_onsfw",
+    "fd_onsfw_from_features",
+    "fd_onsfw_metric",
+    "frechet_distance",
+    "inception_fid",
+    "inception_fid_metric",
+    "mean_ci95",
+    "open_nsfw_features",
+    "summarise_over_seeds",
+]
