@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from alchemist_kedro.models.proxy import (
     ProxyConfig,
@@ -210,7 +211,8 @@ def train_rater_bilevel(
             trace.append({"step": step, "uid": uid, "loss": float(loss[i].detach()), "grad_norm": float(norm)})
 
     total = config.warmup_steps + config.meta_steps
-    for step in range(start, total):
+    for step in tqdm(range(start, total), desc="rater (warm-up, then meta steps)", initial=start, total=total,
+                     unit="step", mininterval=5):
         g = generator_for(config.seed, "noise", step)
         if step < config.warmup_steps:
             # eq. 4: warm up the reference θ̂ on the plain training loss.
