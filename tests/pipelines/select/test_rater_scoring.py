@@ -76,7 +76,7 @@ def test_resume_skips_shards_scored_by_the_same_rater_and_rescoring_a_new_rater(
     artifact = make_artifact(0)
     frames = {"a": feature_shard(0, 12), "b": feature_shard(12, 9)}
     first = run_scoring(artifact, Loads(frames).partitions(), {})
-    existing = {k: (lambda v=v: v) for k, v in first.items()}
+    existing = dict(first)  # as IncrementalDataset loads them: frames, not loaders
 
     frames["c"] = feature_shard(21, 5)  # a new shard arrives
     again = run_scoring(artifact, Loads(frames).partitions(), existing)
@@ -98,3 +98,17 @@ def test_ranking_refuses_scores_of_another_rater_or_a_missing_shard():
         nodes.rank_rater_scores(loaders, frames, make_artifact(1))
     with pytest.raises(ValueError, match="missing"):
         nodes.rank_rater_scores({"a": loaders["a"]}, frames, make_artifact(0))
+
+
+def test_selection_ranks_and_picks_within_the_pool_only():
+    index = pd.DataFrame({"uid": ["p1", "p2", "p3", "v1", "t1"], "split": ["pool", "pool", "pool", "val", "test"]})
+    scores = pd.DataFrame({"uid": ["v1", "p1", "t1", "p2", "p3"], "score": [9.0, 3.0, 8.0, 2.0, 1.0]})
+    pool = nodes.pool_scores(scores, index)
+    assert sorted(pool["uid"]) == ["p1", "p2", "p3"]
+    manifest = nodes.select_from_scores(
+        pool, {"strategy": "topk", "ratio": None, "count": 1, "seed": 0, "strategies": {"topk": {}}}
+    )
+    assert manifest.loc[manifest["selected"], "uid"].tolist() == ["p1"]
+    assert manifest["percentile"].max() < 1.0 and len(manifest) == 3
+    with pytest.raises(ValueError, match="pool"):
+        nodes.pool_scores(scores[scores["uid"].isin(["v1", "t1"])], index)

@@ -32,12 +32,26 @@ def strategy_params(params: dict[str, Any]) -> dict[str, Any]:
     return dict((params.get("strategies") or {}).get(params["strategy"]) or {})
 
 
-def select_from_scores(scores: pd.DataFrame, params: dict[str, Any], *_upstream: Any) -> pd.DataFrame:
-    """Manifest: one row per scored uid with score, percentile (0 = best), selected, strategy, params (JSON), seed.
+def pool_scores(scores: pd.DataFrame, sample_index: pd.DataFrame, *_upstream: Any) -> pd.DataFrame:
+    """The score table restricted to the training pool: val and test rows are scored but never selectable, and
+    percentiles must be ranks within what is being selected from.
 
     `_upstream`: tables this node only waits for (the rater's scores, which `scores` may be read back from), so a
     default `kedro run` scores before it selects.
     """
+    pool = set(sample_index.loc[sample_index["split"] == "pool", "uid"].astype(str))
+    keep = scores["uid"].astype(str).isin(pool)
+    if not keep.any():
+        raise ValueError("no scored sample belongs to the pool split: nothing to select from")
+    unscored = len(pool) - int(keep.sum())
+    if unscored:
+        logger.warning("select: %d pool samples have no score; they stay not_selected", unscored)
+    logger.info("select: %d pool scores (%d val/test rows left out)", int(keep.sum()), int((~keep).sum()))
+    return scores[keep].reset_index(drop=True)
+
+
+def select_from_scores(scores: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Manifest: one row per scored uid with score, percentile (0 = best), selected, strategy, params (JSON), seed."""
     if scores["uid"].duplicated().any():
         raise ValueError("score table has duplicate uids: one score per sample is required")
     ranking = Ranking(scores["score"].to_numpy(dtype=np.float64), uids=scores["uid"].array)
@@ -100,7 +114,9 @@ def score_shards_with_rater(
     todo: dict[str, Callable[[], pd.DataFrame]] = {}
     for shard, load_features in sorted(features.items()):
         if shard in existing_scores:
-            stored = existing_scores[shard]()
+            stored = existing_scores[shard]
+            # IncrementalDataset (what the catalog uses, for the empty first run) hands frames, not loaders.
+            stored = stored() if callable(stored) else stored
             if len(stored) and (stored["scorer_version"] == scorer.version).all():
                 if set(stored["uid"]) == set(load_features()["uid"].astype(str)):
                     continue
