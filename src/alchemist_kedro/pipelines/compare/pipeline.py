@@ -1,0 +1,37 @@
+"""alignment_model (fitted once) → one namespace per arm (select → train_t2i → evaluate, all seeds) → report.
+
+Arms are static here (a Kedro pipeline is fixed before parameters are read); `compare.preset` picks which of them
+run, and each arm's knobs live in parameters_compare.yml under compare.arms.<arm>. Run a single arm with
+`--namespaces <arm>` plus the shared nodes, or trim a preset's arm list.
+"""
+from functools import partial, update_wrapper
+
+from kedro.pipeline import Node, Pipeline
+
+from alchemist_kedro.pipelines.compare.nodes import comparison_report, run_arm
+from alchemist_kedro.pipelines.evaluate.nodes import fit_alignment_on_val
+
+ARMS = ("full", "random", "clarity", "frequency", "edge_density", "nsfw", "aesthetic", "alchemist", "topk", "gsample",
+        "no_group_mlp", "alchemist_small")
+SHARED = {"compare_score_tables", "select_samples_index", "samples", "features", "alignment_model"}
+PARAMS = {"params:compare", "params:train_t2i", "params:evaluate"}
+
+
+def _arm_pipeline(arm: str) -> Pipeline:
+    func = update_wrapper(partial(run_arm, arm), run_arm)
+    node = Node(func, ["compare_score_tables", "select_samples_index", "samples", "features", "alignment_model",
+                       "params:compare", "params:train_t2i", "params:evaluate"], "arm_results", name="run_arm")
+    return Pipeline([node], inputs=SHARED, parameters=PARAMS, namespace=arm)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    fit = Node(fit_alignment_on_val, ["select_samples_index", "features", "params:evaluate"], "alignment_model",
+               name="compare_fit_alignment")
+    report = Node(
+        comparison_report,
+        ["params:compare", *[f"{arm}.arm_results" for arm in ARMS]],
+        ["compare_runs", "compare_summary", "compare_metrics", "compare_child_runs", "compare_plot",
+         "compare_sample_grids"],
+        name="compare_report",
+    )
+    return Pipeline([fit]) + sum((_arm_pipeline(arm) for arm in ARMS), Pipeline([])) + Pipeline([report])
