@@ -57,3 +57,32 @@ def contact_sheet(bands: list[tuple[str, pd.DataFrame]], thumb_inches: float = 1
     fig.suptitle("Samples per percentile band (0 = best; orange frame / ✓ = selected)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def training_dynamics_by_band(trace: pd.DataFrame, percentiles: pd.DataFrame,
+                              edges: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)) -> plt.Figure:
+    """Paper Fig. 3 at our scale: mean per-sample loss and gradient norm over proxy training, per score band.
+
+    `trace`: step, uid, loss, grad_norm (the rater pipeline's fixed probe); `percentiles`: uid, percentile (0 = best).
+    """
+    joined = trace.merge(percentiles[["uid", "percentile"]], on="uid", how="inner")
+    labels = [f"{lo:.0%}–{hi:.0%}" for lo, hi in zip(edges[:-1], edges[1:])]
+    joined["band"] = pd.cut(joined["percentile"], bins=list(edges), labels=labels, include_lowest=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(labels)))
+    for band, color in zip(labels, colors):
+        rows = joined[joined["band"] == band]
+        if rows.empty:
+            continue
+        means = rows.groupby("step")[["loss", "grad_norm"]].mean()
+        count = rows["uid"].nunique()
+        axes[0].plot(means.index, means["loss"], marker="o", color=color, label=f"{band} (n={count})")
+        axes[1].plot(means.index, means["grad_norm"], marker="o", color=color, label=f"{band} (n={count})")
+    axes[0].set_ylabel("per-sample loss (K fixed timesteps)")
+    axes[1].set_ylabel("gradient norm (UNet output layer)")
+    for ax in axes:
+        ax.set_xlabel("proxy training step")
+        ax.legend(title="score percentile (0 = best)", fontsize=7, title_fontsize=7)
+    fig.suptitle(f"Training dynamics of the probe samples by rater score band ({joined['uid'].nunique()} samples)")
+    fig.tight_layout()
+    return fig

@@ -58,6 +58,10 @@ class BilevelConfig:
     # falling loss) becomes full-size Adam steps. The reference baseline removes that bias; the 10× smaller lr
     # keeps W_b from chasing the noise of single batches.
     rater_group_lr: float = 1e-4
+    # Adam's ε for the Group MLP. Its gradient is a noisy scalar that is near zero-mean once b is unbiased; Adam's
+    # per-weight normalisation turns such noise into unit-size random-walk steps. An ε well above the gradient's
+    # scale makes the update ≈ (lr / ε) · gradient, so W_b moves in proportion to the batch-level signal.
+    rater_group_eps: float = 1e-8
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     grad_clip: float = 2.0
@@ -172,7 +176,7 @@ def train_rater_bilevel(
         [
             {"params": list(rater.instance_mlp.parameters()), "lr": config.rater_lr},
             {"params": list(rater.group_mlp.parameters()) if rater.group_mlp is not None else [],
-             "lr": config.rater_group_lr},
+             "lr": config.rater_group_lr, "eps": config.rater_group_eps},
         ],
         betas=config.betas,
         weight_decay=config.weight_decay,

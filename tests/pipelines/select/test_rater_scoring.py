@@ -112,3 +112,15 @@ def test_selection_ranks_and_picks_within_the_pool_only():
     assert manifest["percentile"].max() < 1.0 and len(manifest) == 3
     with pytest.raises(ValueError, match="pool"):
         nodes.pool_scores(scores[scores["uid"].isin(["v1", "t1"])], index)
+
+
+def test_training_dynamics_plot_bands_the_probe_by_selection_percentile():
+    trace = pd.DataFrame({"step": [0, 0, 10, 10], "uid": ["a", "b", "a", "b"], "loss": [1.0, 2.0, 0.5, 1.5],
+                          "grad_norm": [0.1, 0.2, 0.05, 0.3]})
+    manifest = pd.DataFrame({"uid": ["a", "b"], "percentile": [0.1, 0.9]})
+    fig = nodes.plot_training_dynamics(trace, manifest)
+    loss_axis = fig.axes[0]
+    assert [line.get_label() for line in loss_axis.lines] == ["0%–20% (n=1)", "80%–100% (n=1)"]
+    np.testing.assert_allclose(loss_axis.lines[1].get_ydata(), [2.0, 1.5])
+    with pytest.raises(ValueError, match="trace"):
+        nodes.plot_training_dynamics(trace.assign(uid="zz"), manifest)

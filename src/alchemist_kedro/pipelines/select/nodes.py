@@ -264,6 +264,13 @@ def plot_score_histogram(manifest: pd.DataFrame, params: dict[str, Any]) -> plt.
     return plots.score_histogram(manifest, bins=int(params.get("histogram_bins", 100)), title=title)
 
 
+def plot_training_dynamics(trace: pd.DataFrame, manifest: pd.DataFrame) -> plt.Figure:
+    """Fig. 3-style plot: the rater run's probe samples' loss and gradient norm over training, by score band."""
+    if trace.empty or not trace["uid"].isin(manifest["uid"]).any():
+        raise ValueError("the rater's per-sample trace shares no uid with the selection: rerun the rater pipeline")
+    return plots.training_dynamics_by_band(trace, manifest)
+
+
 def plot_contact_sheets(
     manifest: pd.DataFrame,
     sample_index: pd.DataFrame,

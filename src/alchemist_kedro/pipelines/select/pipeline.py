@@ -29,6 +29,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="select_log_metrics"),
             Node(nodes.plot_score_histogram, ["selection_manifest", "params:select"], "selection_score_histogram",
                  name="select_plot_score_histogram"),
+            Node(nodes.plot_training_dynamics, ["rater_per_sample_trace", "selection_manifest"],
+                 "selection_training_dynamics", name="select_plot_training_dynamics"),
             Node(nodes.plot_contact_sheets,
                  ["selection_manifest", "select_sample_index", "select_samples_images", "params:select"],
                  "selection_contact_sheets", name="select_plot_contact_sheets"),
