@@ -69,6 +69,7 @@ def run(data: Path, params: dict) -> DataCatalog:
 def params() -> dict:
     config = yaml.safe_load((ROOT / "conf/base/parameters_heuristics.yml").read_text())["heuristics"]
     config["short_side"] = 64  # native size: keeps the test fast
+    config["scorers"] = ["clarity", "frequency", "edge_density", "nsfw"]  # nsfw is off by default; test it here
     return config
 
 
