@@ -66,8 +66,8 @@ def test_train_node_outputs_and_model_round_trip(tmp_path):
     samples, features = _tables()
     inputs = build_rater_inputs(samples, features, _params(tmp_path))
     artifact, metrics, table, trace = train_rater(inputs, _params(tmp_path))
-    assert {"rater.meta/val_loss", "rater.meta/batch_weight", "rater.warmup/loss"} <= set(metrics)
-    assert [p["step"] for p in metrics["rater.meta/val_loss"]] == [2, 3, 4]
+    assert {"meta/val_loss", "meta/batch_weight", "warmup/loss"} <= set(metrics)  # the catalog adds "rater."
+    assert [p["step"] for p in metrics["meta/val_loss"]] == [2, 3, 4]
     assert set(table.columns) == {"metric", "step", "value"} and len(table) == sum(map(len, metrics.values()))
     assert list(trace.columns) == ["step", "uid", "loss", "grad_norm"] and (trace["grad_norm"] > 0).all()
     assert any((tmp_path / "ckpt").rglob("state.json"))

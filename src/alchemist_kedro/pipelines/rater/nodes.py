@@ -73,7 +73,7 @@ def train_rater(inputs: dict, params: dict):
     rater_config = RaterConfig(feature_dim=int(inputs["pool_features"].shape[1]), **params["model"])
     config = BilevelConfig(**params["training"])
     result = train_rater_bilevel(inputs, proxy_config, rater_config, config, checkpoint_dir=params.get("checkpoint_dir"))
-    metrics = {f"rater.{k}": v for k, v in result.history.items()}
+    metrics = dict(result.history)  # the catalog prefixes them with "rater."
     table = pd.DataFrame(
         [{"metric": k, "step": p["step"], "value": p["value"]} for k, pts in result.history.items() for p in pts]
     )
