@@ -55,13 +55,13 @@ class BilevelConfig:
     proxy_lr: float = 1e-4
     rater_lr: float = 1e-3
     # The Group MLP's gradient Σ W_inst (s − b) is one scalar: any bias in its sign (an EMA baseline lagging the
-    # falling loss) becomes full-size Adam steps. The reference baseline removes that bias; the 10× smaller lr
-    # keeps W_b from chasing the noise of single batches.
-    rater_group_lr: float = 1e-4
+    # falling loss) becomes full-size Adam steps. The reference baseline removes that bias; rater_group_eps stops
+    # Adam from turning the remaining noise into unit-size steps.
+    rater_group_lr: float = 1e-3
     # Adam's ε for the Group MLP. Its gradient is a noisy scalar that is near zero-mean once b is unbiased; Adam's
     # per-weight normalisation turns such noise into unit-size random-walk steps. An ε well above the gradient's
     # scale makes the update ≈ (lr / ε) · gradient, so W_b moves in proportion to the batch-level signal.
-    rater_group_eps: float = 1e-8
+    rater_group_eps: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     grad_clip: float = 2.0
@@ -74,7 +74,7 @@ class BilevelConfig:
     # λ · mean_i a_i² on the instance logits. The softmax gradient is self-centred but not bounded: with a ranking
     # that stays consistent (plain images always have the lowest loss) the logits grow without limit, as logistic
     # regression does on separable data, and the weight entropy collapses to 0 (one sample takes the batch).
-    logit_l2: float = 0.01
+    logit_l2: float = 0.001
     checkpoint_every: int = 25
     seed: int = 0
     trace_every: int = 20
