@@ -125,6 +125,53 @@ class TextEncoder(ABC):
         return self.embed_texts(texts), states, mask
 
 
+class TransformerTextEncoder(TextEncoder):
+    """A transformers tokenizer + model giving the sentence embedding and the token states in ONE forward pass.
+
+    Subclasses set `_tokenizer`, `_max_length`, `batch_size`, `max_tokens` and implement `_forward`.
+    """
+
+    _tokenizer: Any
+    _max_length: int
+    batch_size: int
+    max_tokens: int
+
+    @abstractmethod
+    def _forward(self, encoded) -> tuple[Any, Any]:
+        """Tokenized batch → (L2-normalised sentence embeddings (B, dim), last hidden states (B, L, token_dim))."""
+
+    def encode(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        check_texts(texts)
+        max_tokens = self.max_tokens if max_tokens is None else int(max_tokens)
+        if max_tokens < 1:
+            raise ValueError(f"{self.name}: max_tokens must be >= 1, got {max_tokens}")
+        count = len(texts)
+        embeddings = np.zeros((count, self.dim), dtype=np.float32)
+        states = np.zeros((count, max_tokens, self.token_dim), dtype=np.float32)
+        mask = np.zeros((count, max_tokens), dtype=np.int8)
+        for part in batches(count, self.batch_size):
+            encoded = self._tokenizer(
+                list(texts[part]), padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
+            )
+            with torch.inference_mode():
+                pooled, hidden = self._forward(encoded)
+            embeddings[part] = pooled.numpy()
+            kept = min(max_tokens, hidden.shape[1])
+            kept_mask = encoded["attention_mask"][:, :kept].numpy().astype(np.int8)
+            states[part, :kept] = hidden[:, :kept].numpy() * kept_mask[..., None]
+            mask[part, :kept] = kept_mask
+        return embeddings, states, mask
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts, 1)[0]
+
+    def token_states(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        _, states, mask = self.encode(texts, max_tokens)
+        return states, mask
+
+
 _IMAGE_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {}
 _TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {}
 

@@ -15,10 +15,9 @@ import numpy as np
 
 from alchemist_kedro.encoders.base import (
     ImageEncoder,
-    TextEncoder,
+    TransformerTextEncoder,
     batches,
     check_images,
-    check_texts,
     make_fingerprint,
     register_image_encoder,
     register_text_encoder,
@@ -105,7 +104,7 @@ class CLIPImageEncoder(ImageEncoder):
 
 
 @register_text_encoder("clip_text")
-class CLIPTextEncoder(TextEncoder):
+class CLIPTextEncoder(TransformerTextEncoder):
     name = "clip_text"
 
     def __init__(
@@ -132,34 +131,8 @@ class CLIPTextEncoder(TextEncoder):
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def encode(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _forward(self, encoded):
         import torch
 
-        check_texts(texts)
-        max_tokens = self.max_tokens if max_tokens is None else int(max_tokens)
-        if max_tokens < 1:
-            raise ValueError(f"clip_text: max_tokens must be >= 1, got {max_tokens}")
-        count = len(texts)
-        embeddings = np.zeros((count, self.dim), dtype=np.float32)
-        states = np.zeros((count, max_tokens, self.token_dim), dtype=np.float32)
-        mask = np.zeros((count, max_tokens), dtype=np.int8)
-        for part in batches(count, self.batch_size):
-            encoded = self._tokenizer(
-                list(texts[part]), padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
-            )
-            with torch.inference_mode():
-                output = self._model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
-            embeddings[part] = torch.nn.functional.normalize(output.text_embeds, dim=-1).numpy()
-            hidden = output.last_hidden_state
-            kept = min(max_tokens, hidden.shape[1])
-            kept_mask = encoded["attention_mask"][:, :kept].numpy().astype(np.int8)
-            states[part, :kept] = hidden[:, :kept].numpy() * kept_mask[..., None]
-            mask[part, :kept] = kept_mask
-        return embeddings, states, mask
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts, 1)[0]
-
-    def token_states(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        _, states, mask = self.encode(texts, max_tokens)
-        return states, mask
+        output = self._model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+        return torch.nn.functional.normalize(output.text_embeds, dim=-1), output.last_hidden_state

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from alchemist_kedro.encoders.base import (
-    TextEncoder,
-    batches,
-    check_texts,
+    TransformerTextEncoder,
     make_fingerprint,
     register_text_encoder,
     weights_digest,
@@ -30,7 +28,7 @@ def _bundled_model_dir() -> Path:
 
 
 @register_text_encoder("minilm")
-class MiniLMEncoder(TextEncoder):
+class MiniLMEncoder(TransformerTextEncoder):
     name = "minilm"
     dim = 384
     token_dim = 384
@@ -54,7 +52,7 @@ class MiniLMEncoder(TextEncoder):
             raise ValueError(f"minilm: batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.max_tokens = max_tokens  # default for token_states; the features pipeline passes its own
-        self.max_seq_length = max_seq_length
+        self.max_seq_length = self._max_length = max_seq_length
         if threads is not None:
             torch.set_num_threads(int(threads))
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
@@ -67,35 +65,10 @@ class MiniLMEncoder(TextEncoder):
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def encode(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _forward(self, encoded):
         import torch
 
-        check_texts(texts)
-        max_tokens = self.max_tokens if max_tokens is None else int(max_tokens)
-        if max_tokens < 1:
-            raise ValueError(f"minilm: max_tokens must be >= 1, got {max_tokens}")
-        count = len(texts)
-        embeddings = np.zeros((count, self.dim), dtype=np.float32)
-        states = np.zeros((count, max_tokens, self.token_dim), dtype=np.float32)
-        mask = np.zeros((count, max_tokens), dtype=np.int8)
-        for part in batches(count, self.batch_size):
-            encoded = self._tokenizer(
-                list(texts[part]), padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"
-            )
-            with torch.inference_mode():
-                hidden = self._model(**encoded).last_hidden_state
-            attention = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * attention).sum(1) / attention.sum(1).clamp(min=1e-9)
-            embeddings[part] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
-            kept = min(max_tokens, hidden.shape[1])
-            kept_mask = encoded["attention_mask"][:, :kept].numpy().astype(np.int8)
-            states[part, :kept] = hidden[:, :kept].numpy() * kept_mask[..., None]
-            mask[part, :kept] = kept_mask
-        return embeddings, states, mask
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts, 1)[0]
-
-    def token_states(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        _, states, mask = self.encode(texts, max_tokens)
-        return states, mask
+        hidden = self._model(**encoded).last_hidden_state
+        attention = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * attention).sum(1) / attention.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1), hidden

@@ -171,7 +171,7 @@ def fd_onsfw_from_features(real_features: np.ndarray, generated_features: np.nda
 
 @contextmanager
 def _weights_only_torch_load() -> Iterator[None]:
-    # torch-fidelity 0.4 loads a local Inception file with torch.load(weights_only=False), i.e. full unpickling of a
+    # torch-fidelity 0.4 loads a local Inception file with weights_only off, i.e. full unpickling of a
     # user-supplied file; torch's override variable forces every torch.load in this block to the safe loader.
     previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
