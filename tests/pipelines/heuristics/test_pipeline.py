@@ -34,24 +34,40 @@ def sample_shard(shard: str, count: int, seed: int, broken: int | None = None) -
         image = cv2.GaussianBlur(image, (0, 0), 0.3 + 2.0 * rng.random())
         rows.append({"uid": f"{shard}-{i:03d}", "caption": f"caption {i}",
                      "image": b"\x89PNG broken" if i == broken else png(image), "width": 64, "height": 64,
-                     "sha256": "0" * 64, "source": "test", "split": "pool", "location": f"{shard}.tar",
+                     # some val rows: the alignment model (fitted in this pipeline) trains on them
+                     "sha256": "0" * 64, "source": "test", "split": "val" if i % 3 == 0 else "pool",
+                     "location": f"{shard}.tar",
                      "shard": shard, "defect": None})
     return pd.DataFrame(rows)
 
 
+def shard_features(table: pd.DataFrame) -> pd.DataFrame:
+    """Stand-in cached features (FEATURE_SCHEMA's uid, image_emb, text_emb): text = a noisy copy of the image's."""
+    rng = np.random.default_rng(len(table))
+    image = rng.normal(size=(len(table), 6)).astype(np.float32)
+    text = (image[:, :4] + 0.1 * rng.normal(size=(len(table), 4))).astype(np.float32)
+    return pd.DataFrame({"uid": table["uid"], "image_emb": list(image), "text_emb": list(text)})
+
+
 def write_samples(folder: Path, shards: dict[str, pd.DataFrame]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Sample shards under `folder` (data/03_primary/samples) and their features under data/04_feature/features."""
+    feature_folder = folder.parents[1] / "04_feature/features"
+    for path in (folder, feature_folder):
+        path.mkdir(parents=True, exist_ok=True)
     for shard, table in shards.items():
         table.to_parquet(folder / f"{shard}.parquet", index=False)
+        shard_features(table).to_parquet(feature_folder / f"{shard}.parquet", index=False)
 
 
 def project_catalog(data: Path) -> DataCatalog:
     """conf/base/catalog_heuristics.yml (+ `samples` as ingest defines it) with data/ moved to `data` and MLflow
     artifact wrappers replaced by the datasets they wrap (no MLflow run in a unit test)."""
-    text = (ROOT / "conf/base/catalog_heuristics.yml").read_text() + (ROOT / "conf/base/catalog_ingest.yml").read_text()
+    text = "".join((ROOT / f"conf/base/catalog_{name}.yml").read_text()
+                   for name in ("heuristics", "ingest", "features", "evaluate", "select"))
     config = yaml.safe_load(text.replace("data/", f"{data}/"))
     config = {name: entry for name, entry in config.items()
-              if name.startswith(("heuristic", "other_score", "{scorer}")) or name == "samples"}
+              if name.startswith(("heuristic", "other_score", "{scorer}"))
+              or name in ("samples", "features", "alignment_model", "select_samples_index")}
     for name, entry in config.items():
         if entry["type"].endswith("MlflowArtifactDataset"):
             config[name] = entry["dataset"]
@@ -61,6 +77,7 @@ def project_catalog(data: Path) -> DataCatalog:
 def run(data: Path, params: dict) -> DataCatalog:
     catalog = project_catalog(data)
     catalog["params:heuristics"] = params
+    catalog["params:evaluate"] = {"alignment": {"epochs": 5, "batch_size": 8}, "seed": 0}  # a quick fit
     SequentialRunner().run(create_pipeline(), catalog)
     return catalog
 
@@ -143,3 +160,57 @@ def test_missing_columns_and_empty_config_fail_clearly(params):
             {**params, "scorers": ["clarity"]}), 4, "shard-x")
     with pytest.raises(ValueError, match="heuristics.scorers is empty"):
         heuristic_nodes.build_scorers({**params, "scorers": []})
+
+
+def test_alignment_scorer_branch_scores_features_and_switches_off(tmp_path, params, calls):
+    from alchemist_kedro.models.alignment import alignment_from_artifact, alignment_scores
+    from alchemist_kedro.scorers import get_scorer
+
+    data = tmp_path / "data"
+    shards = {"shard-0": sample_shard("shard-0", 7, seed=0), "shard-1": sample_shard("shard-1", 5, seed=1)}
+    write_samples(data / "03_primary/samples", shards)
+    params["scorers"] = ["clarity", "alignment_minilm_onsfw"]
+
+    catalog = run(data, params)
+    assert sorted(calls) == [("shard-0", ("clarity",)), ("shard-1", ("clarity",))]  # no pixels for alignment
+    artifact = catalog.load("alignment_model")  # fitted by this pipeline, at evaluate's catalog path
+    assert (data / "06_models/alignment.safetensors").is_file()
+    table = catalog.load("alignment_minilm_onsfw_scores")  # the "{scorer}_scores" factory, as select reads it
+    assert pa.Schema.from_pandas(table, preserve_index=False).remove_metadata().names == SCORE_SCHEMA.names
+    features = pd.concat([shard_features(shards[s]) for s in sorted(shards)], ignore_index=True)
+    raw = alignment_scores(alignment_from_artifact(artifact), np.stack(features["image_emb"]),
+                           np.stack(features["text_emb"]))
+    version = get_scorer("alignment_minilm_onsfw", artifact=artifact).version
+    expected = build_score_table(features["uid"], raw, "alignment_minilm_onsfw", version, True)
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), expected, check_dtype=False, atol=1e-6)
+    assert (data / "08_reporting/heuristics/histograms/alignment_minilm_onsfw.png").stat().st_size > 0
+    spearman = pd.read_csv(data / "08_reporting/heuristics/spearman.csv")
+    assert spearman["scorer"].tolist() == ["clarity", "alignment_minilm_onsfw"]
+
+    # Switched off: the default-style run still works, and the old table is left exactly as it was.
+    path = data / "07_model_output/scores/alignment_minilm_onsfw.parquet"
+    stamp = path.stat().st_mtime_ns
+    params["scorers"] = ["clarity"]
+    run(data, params)
+    assert path.stat().st_mtime_ns == stamp
+    assert pd.read_csv(data / "08_reporting/heuristics/spearman.csv")["scorer"].tolist() == ["clarity"]
+
+    # Feature scorers alone would leave the image branch with nothing to write: refused with the reason.
+    with pytest.raises(ValueError, match="only feature scorers"):
+        heuristic_nodes.score_shards({}, {}, {}, {**params, "scorers": ["alignment_minilm_onsfw"]})
+    with pytest.raises(ValueError, match="rater is scored by the select pipeline"):
+        heuristic_nodes.score_feature_scorers({}, artifact, {**params, "scorers": ["clarity", "rater"]})
+
+
+def test_heuristics_and_evaluate_share_the_one_alignment_fitting_node():
+    from kedro.framework.project import configure_project
+
+    from alchemist_kedro.pipeline_registry import register_pipelines
+    from alchemist_kedro.pipelines.evaluate import create_pipeline as evaluate_pipeline
+
+    configure_project("alchemist_kedro")
+
+    combined = create_pipeline() + evaluate_pipeline()  # would raise if two different nodes wrote alignment_model
+    assert [node.name for node in combined.nodes if "alignment_model" in node.outputs] == ["fit_alignment_model"]
+    default = register_pipelines()["__default__"]  # heuristics without evaluate: the model is fitted there
+    assert [node.name for node in default.nodes if "alignment_model" in node.outputs] == ["fit_alignment_model"]

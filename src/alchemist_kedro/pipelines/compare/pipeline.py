@@ -9,7 +9,7 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Node, Pipeline
 
 from alchemist_kedro.pipelines.compare.nodes import comparison_report, run_arm
-from alchemist_kedro.pipelines.evaluate.nodes import fit_alignment_on_val
+from alchemist_kedro.pipelines.evaluate.pipeline import fit_alignment_node
 
 ARMS = ("full", "random", "clarity", "frequency", "edge_density", "nsfw", "aesthetic", "alchemist", "topk", "gsample",
         "no_group_mlp", "alchemist_small")
@@ -25,8 +25,7 @@ def _arm_pipeline(arm: str) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    fit = Node(fit_alignment_on_val, ["select_samples_index", "features", "params:evaluate"], "alignment_model",
-               name="compare_fit_alignment")
+    fit = fit_alignment_node()  # the same node as evaluate's and heuristics': combined pipelines fit once
     report = Node(
         comparison_report,
         ["params:compare", *[f"{arm}.arm_results" for arm in ARMS]],

@@ -4,6 +4,10 @@ Raw-score partitions (`heuristic_raw_scores`, one per sample shard, same partiti
 `decode_error` (null when the image decoded) and, per scorer, `<scorer>` (raw float64) and `<scorer>_version`.
 A shard is rescored only for the scorers whose version (settings + weights hash) differs from what the partition
 holds, or when its uids no longer match the sample table's.
+
+Scorers that read cached features instead of pixels (`needs` has "features": alignment_minilm_onsfw) are listed in
+the same `heuristics.scorers` but run in their own branch (`score_feature_scorers`), straight from the feature table
+and the frozen model they need; their tables join the histograms and the Spearman matrix like the others.
 """
 from __future__ import annotations
 
@@ -30,15 +34,40 @@ def version_column(scorer_name: str) -> str:
     return f"{scorer_name}_version"
 
 
-def build_scorers(params: dict[str, Any]) -> list[Scorer]:
-    """The configured scorers, each built once: `params["scorers"]` names, shared knobs + `scorer_params[name]`."""
+# Feature scorers this pipeline can build, and the node input that carries the frozen model each one needs.
+FEATURE_SCORER_ARTIFACTS = {"alignment_minilm_onsfw": "alignment_model"}
+
+
+def configured_scorers(params: dict[str, Any]) -> list[str]:
+    """`heuristics.scorers`, checked: not empty, no name twice, every name registered."""
     names = list(params.get("scorers") or [])
     if not names:
         raise ValueError("heuristics.scorers is empty: list at least one scorer (e.g. clarity)")
     if len(set(names)) != len(names):
         raise ValueError(f"heuristics.scorers lists a scorer twice: {names}")
+    for name in names:
+        scorer_class(name)  # unknown names fail here, with the list of registered ones
+    return names
+
+
+def feature_scorer_names(params: dict[str, Any]) -> list[str]:
+    """The configured scorers that read cached features (the `score_feature_scorers` branch), in config order."""
+    return [name for name in configured_scorers(params) if "features" in scorer_class(name).needs]
+
+
+def image_scorer_names(params: dict[str, Any]) -> list[str]:
+    """The configured scorers that read decoded images / captions (the `score_shards` branch), in config order."""
+    return [name for name in configured_scorers(params) if "features" not in scorer_class(name).needs]
+
+
+def build_scorers(params: dict[str, Any]) -> list[Scorer]:
+    """The configured image / caption scorers, each built once: shared knobs + `scorer_params[name]`.
+
+    Feature scorers in the list are skipped here: they are built by `score_feature_scorers` from their model.
+    """
+    names = image_scorer_names(params)
     per_scorer = params.get("scorer_params") or {}
-    unknown = set(per_scorer) - set(names)
+    unknown = set(per_scorer) - set(configured_scorers(params))
     if unknown:
         logger.info("heuristics.scorer_params has settings for scorers not in heuristics.scorers: %s", sorted(unknown))
     scorers = []
@@ -144,6 +173,12 @@ def score_shards(
     """
     _set_threads(params.get("threads"))
     scorers = build_scorers(params)
+    if not scorers:
+        # The image branch's outputs (raw-score partitions, their ranking) need at least one scorer to exist; an
+        # empty partitioned output would fail to load on a first run, far from the cause.
+        raise ValueError(
+            "heuristics.scorers lists only feature scorers; keep at least one image scorer (e.g. clarity) with them"
+        )
     batch_size = int(params.get("batch_size", 256))
     if batch_size < 1:
         raise ValueError(f"heuristics.batch_size must be >= 1, got {batch_size}")
@@ -239,13 +274,27 @@ def rank_scores(
     return tables, summary
 
 
-def _load_all(tables: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    return {name: (table() if callable(table) else table) for name, table in tables.items()}
+def _configured_tables(params: dict[str, Any], *table_sets: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The configured scorers' tables, in config order, from the image and feature branches' outputs.
+
+    Only the configured names are loaded: the scores folder may hold tables of scorers dropped from the config.
+    """
+    merged: dict[str, Any] = {}
+    for tables in table_sets:
+        merged.update(tables)
+    missing = [name for name in params["scorers"] if name not in merged]
+    if missing:
+        raise ValueError(f"heuristics: no score table for configured scorers {missing}")
+    return {
+        name: (merged[name]() if callable(merged[name]) else merged[name]) for name in params["scorers"]
+    }
 
 
-def plot_histograms(score_tables: dict[str, Any], params: dict[str, Any]) -> dict[str, Figure]:
+def plot_histograms(
+    score_tables: dict[str, Any], feature_score_tables: dict[str, Any], params: dict[str, Any]
+) -> dict[str, Figure]:
     """One histogram figure per configured scorer (`<scorer>.png`), of its raw score."""
-    tables = _load_all(score_tables)
+    tables = _configured_tables(params, score_tables, feature_score_tables)
     bins = int((params.get("report") or {}).get("histogram_bins", 50))
     figures = {}
     for name in params["scorers"]:
@@ -272,13 +321,15 @@ def spearman_matrix(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def plot_correlation(
-    score_tables: dict[str, Any], other_score_tables: dict[str, pd.DataFrame], params: dict[str, Any]
+    score_tables: dict[str, Any],
+    feature_score_tables: dict[str, Any],
+    other_score_tables: dict[str, pd.DataFrame],
+    params: dict[str, Any],
 ) -> tuple[Figure, pd.DataFrame]:
     """Spearman matrix between the configured scorers plus the other score tables named in
     `correlation.include` (e.g. `rater` = data/07_model_output/rater_scores.parquet) that exist; absent ones are
     logged and skipped, so the heuristics pipeline runs before or without the rater."""
-    loaded = _load_all({name: score_tables[name] for name in params["scorers"]})
-    tables = {name: loaded[name] for name in params["scorers"]}  # in the configured order
+    tables = _configured_tables(params, score_tables, feature_score_tables)  # in the configured order
     include = list((params.get("correlation") or {}).get("include") or [])
     for name in include:
         if name in other_score_tables:
@@ -300,3 +351,61 @@ def plot_correlation(
     axis.set_title("Spearman rho of scores (oriented: higher = better)", fontsize=9)
     figure.tight_layout()
     return figure, matrix.rename_axis("scorer").reset_index()
+
+
+def _shard_features(frame: pd.DataFrame) -> np.ndarray:
+    """(N, F) float32 image_emb ⊕ text_emb of a FEATURE_SCHEMA frame (the layout ScoreBatch.features documents)."""
+    image = np.stack([np.asarray(value, dtype=np.float32) for value in frame["image_emb"]])
+    text = np.stack([np.asarray(value, dtype=np.float32) for value in frame["text_emb"]])
+    return np.concatenate([image, text], axis=1)
+
+
+def score_feature_scorers(
+    features: dict[str, Callable[[], pd.DataFrame]], alignment_model: dict, params: dict[str, Any]
+) -> dict[str, pd.DataFrame]:
+    """One SCORE_SCHEMA table per configured feature scorer, over every feature shard (ranks are global).
+
+    Returns {} when none is configured, so the partitioned output writes nothing and leaves older tables alone.
+    Not resumable shard by shard like the image scorers, on purpose: a feature scorer costs one small matmul per
+    row, less than reading the feature shard a resume check would have to read to confirm its uids.
+    """
+    names = feature_scorer_names(params)
+    if not names:
+        return {}
+    _set_threads(params.get("threads"))
+    artifacts = {"alignment_model": alignment_model}
+    per_scorer = params.get("scorer_params") or {}
+    scorers = []
+    for name in names:
+        if name not in FEATURE_SCORER_ARTIFACTS:
+            raise ValueError(
+                f"heuristics: feature scorer {name!r} has no model input in this pipeline (it scores "
+                f"{sorted(FEATURE_SCORER_ARTIFACTS)}); the rater is scored by the select pipeline and joins the "
+                "Spearman matrix through heuristics.correlation.include"
+            )
+        settings = {key: params[key] for key in ("threads",) if key in params}
+        settings.update(per_scorer.get(name) or {})
+        scorers.append(get_scorer(name, artifact=artifacts[FEATURE_SCORER_ARTIFACTS[name]], **settings))
+
+    uids: list[str] = []
+    raw: dict[str, list[np.ndarray]] = {scorer.name: [] for scorer in scorers}
+    for shard in sorted(features):  # one shard in memory at a time
+        frame = features[shard]() if callable(features[shard]) else features[shard]
+        if not len(frame):
+            continue
+        batch = ScoreBatch(uids=frame["uid"].astype(str).tolist(), features=_shard_features(frame))
+        uids.extend(batch.uids)
+        for scorer in scorers:
+            values = np.asarray(scorer.score_batch(batch), dtype=np.float64)
+            if values.shape != (len(batch),):
+                raise ValueError(f"scorer {scorer.name!r} returned shape {values.shape} for {len(batch)} rows")
+            raw[scorer.name].append(values)
+    if not uids:
+        raise ValueError("heuristics: the feature table is empty; run the features pipeline first")
+    tables = {}
+    for scorer in scorers:
+        tables[scorer.name] = build_score_table(
+            uids, np.concatenate(raw[scorer.name]), scorer.name, scorer.version, scorer.higher_is_better
+        )
+        logger.info("heuristics: %s (%s) scored %d feature rows", scorer.name, scorer.version, len(uids))
+    return tables

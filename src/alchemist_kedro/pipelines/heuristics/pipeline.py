@@ -1,7 +1,21 @@
-"""samples -> raw scores per shard (resumable) -> one ranked score table per scorer -> histograms, Spearman."""
+"""samples -> raw scores per shard (resumable) -> one ranked score table per scorer -> histograms, Spearman.
+
+Feature scorers (alignment_minilm_onsfw) form a second branch: features + the alignment model -> their score tables,
+which join the same histograms and Spearman matrix. The alignment model is fitted by the evaluate pipeline's own
+node (`fit_alignment_node`, the same node object, not a copy), so `kedro run` (heuristics without evaluate) fits it
+and a run that also includes evaluate fits it once. It runs even when the scorer is switched off: Kedro has no
+conditional nodes, and the fit on the val split costs seconds.
+"""
 from kedro.pipeline import Node, Pipeline
 
-from alchemist_kedro.pipelines.heuristics.nodes import plot_correlation, plot_histograms, rank_scores, score_shards
+from alchemist_kedro.pipelines.evaluate.pipeline import fit_alignment_node
+from alchemist_kedro.pipelines.heuristics.nodes import (
+    plot_correlation,
+    plot_histograms,
+    rank_scores,
+    score_feature_scorers,
+    score_shards,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -19,15 +33,22 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["heuristic_scores", "heuristic_scores_summary"],
                 name="rank_heuristic_scores",
             ),
+            fit_alignment_node(),
+            Node(
+                score_feature_scorers,
+                inputs=["features", "alignment_model", "params:heuristics"],
+                outputs="heuristic_feature_scores",
+                name="score_heuristic_features",
+            ),
             Node(
                 plot_histograms,
-                inputs=["heuristic_scores", "params:heuristics"],
+                inputs=["heuristic_scores", "heuristic_feature_scores", "params:heuristics"],
                 outputs="heuristic_histograms",
                 name="plot_heuristic_histograms",
             ),
             Node(
                 plot_correlation,
-                inputs=["heuristic_scores", "other_score_tables", "params:heuristics"],
+                inputs=["heuristic_scores", "heuristic_feature_scores", "other_score_tables", "params:heuristics"],
                 outputs=["heuristic_spearman_plot", "heuristic_spearman"],
                 name="plot_heuristic_correlation",
             ),
