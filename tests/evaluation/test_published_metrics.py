@@ -1,5 +1,4 @@
 """CLIP-score and Inception FID load only from local files: tiny random weights written to a temp folder."""
-import json
 from fractions import Fraction
 
 import numpy as np
@@ -8,31 +7,14 @@ import torch
 
 from alchemist_kedro.evaluation import clip_score, clip_score_metric, inception_fid, inception_fid_metric
 from tests.evaluation.images import coloured_shapes, pixel_noise
+from tests.tiny_clip import save_tiny_clip
 
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
-
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab.update({letter: len(vocab) + i for i, letter in enumerate(letters)})
-    vocab.update({letter + "</w>": len(vocab) + i for i, letter in enumerate(letters)})
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    text = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                          pad_token_id=1)
-    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                              num_attention_heads=4)
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)).save_pretrained(folder)
-    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 def test_clip_score_loads_the_local_folder(tiny_clip):

@@ -2,7 +2,9 @@
 
 A new scorer: one module with a `@register_scorer` class, plus one import line below.
 """
-from alchemist_kedro.scorers import aesthetic, alignment, clarity, edge_density, frequency, nsfw, rater  # noqa: F401
+from alchemist_kedro.scorers import (  # noqa: F401  (registration)
+    aesthetic, alignment, clarity, clip_score, edge_density, frequency, nsfw, rater,
+)
 from alchemist_kedro.scorers.base import (
     ScoreBatch,
     Scorer,
