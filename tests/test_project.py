@@ -1,9 +1,16 @@
 from kedro.framework.project import configure_project
 
 
-def test_registry_builds_default_pipeline():
+def test_default_pipeline_is_the_main_job_and_nothing_that_trains_downstream_models():
     configure_project("alchemist_kedro")
     from alchemist_kedro.pipeline_registry import register_pipelines
 
     pipelines = register_pipelines()
-    assert "__default__" in pipelines
+    default = {node.name for node in pipelines["__default__"].nodes}
+    for name in ("ingest", "features", "rater", "heuristics", "select"):
+        assert {node.name for node in pipelines[name].nodes} <= default, name
+    for name in ("train_t2i", "compare"):
+        assert not {node.name for node in pipelines[name].nodes} & default, name
+    # The main job ends with a selection made from the rater's scores.
+    assert "selection_manifest" in pipelines["__default__"].all_outputs()
+    assert "rater_scores" in pipelines["__default__"].all_outputs()
