@@ -101,6 +101,27 @@ class Scorer(ABC):
         return f"{type(self).__name__}({self.version})"
 
 
+class ArtifactScorer(Scorer):
+    """A scorer over cached features with a model trained by this project, handed over as the artifact its catalog
+    dataset loads ({"state_dict", "config"}). Its version hashes that config and those tensors: the artifact is
+    weights, not a setting; batch_size and threads change speed only."""
+
+    needs = frozenset({"features"})
+    unversioned_params = frozenset({"threads", "artifact", "batch_size"})
+
+    def __init__(self, artifact: dict, batch_size: int = 4096, threads: int = 1) -> None:
+        super().__init__(artifact=artifact, batch_size=batch_size, threads=threads)
+        self.artifact = artifact
+        self.batch_size = max(1, int(batch_size))
+
+    def weights_digest(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.artifact["config"], sort_keys=True).encode())
+        for key, tensor in sorted(self.artifact["state_dict"].items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
 _REGISTRY: dict[str, type[Scorer]] = {}
 
 

@@ -6,36 +6,21 @@ plain, easy region that Shift-Gsample drops.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 
 from alchemist_kedro.models.rater import rater_from_artifact, score_with_rater
-from alchemist_kedro.scorers.base import ScoreBatch, Scorer, register_scorer
+from alchemist_kedro.scorers.base import ArtifactScorer, ScoreBatch, register_scorer
 
 
 @register_scorer
-class RaterScorer(Scorer):
+class RaterScorer(ArtifactScorer):
     name = "rater"
     higher_is_better = True
-    needs = frozenset({"features"})
-    # The artifact is covered by weights_digest; hashing the dict of tensors itself as a "setting" would be wrong.
-    unversioned_params = frozenset({"threads", "artifact", "batch_size"})
 
     def __init__(self, artifact: dict, batch_size: int = 4096, threads: int = 1) -> None:
         """`artifact`: what the `rater_model` dataset loads ({"state_dict", "config"})."""
         super().__init__(artifact=artifact, batch_size=batch_size, threads=threads)
-        self.artifact = artifact
         self.model = rater_from_artifact(artifact)
-        self.batch_size = int(batch_size)
-
-    def weights_digest(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.artifact["config"], sort_keys=True).encode())
-        for key, tensor in sorted(self.artifact["state_dict"].items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
 
     def score_batch(self, batch: ScoreBatch) -> np.ndarray:
         self.check_batch(batch)
