@@ -16,6 +16,8 @@ CONFIG_LOADER_ARGS = {
         "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
         "catalog": ["catalog*", "catalog*/**", "**/catalog*"],
     },
+    # An env (conf/local, conf/rater_no_group, ...) overrides single parameters, not whole top-level blocks.
+    "merge_strategy": {"parameters": "soft"},
     # Tests point the MLflow store at a temp dir through ${oc.env:...}.
     "custom_resolvers": {"oc.env": lambda name, default=None: os.environ.get(name, default)},
 }

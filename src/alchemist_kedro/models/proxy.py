@@ -28,6 +28,7 @@ class ProxyConfig:
     norm_num_groups: int = 16
     cross_attention_dim: int = 384  # the text encoder's token dim (MiniLM)
     num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # diffusers DDPMScheduler: linear | scaled_linear | squaredcos_cap_v2 (cosine)
     prediction_type: str = "epsilon"  # epsilon | v_prediction
     snr_gamma: float | None = 5.0  # min-SNR-γ (diffusers train_text_to_image.py); None = plain MSE
     caption_dropout: float = 0.1  # plain training step only: null caption = zero tokens + zero mask (CFG-ready)
@@ -74,7 +75,8 @@ class ProxyT2I(nn.Module):
             cross_attention_dim=config.cross_attention_dim,
         )
         self.scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type
+            num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+            prediction_type=config.prediction_type,
         )
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
 

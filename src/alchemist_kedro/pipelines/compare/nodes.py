@@ -19,7 +19,7 @@ from alchemist_kedro.evaluation import summarise_over_seeds
 from alchemist_kedro.models.alignment import alignment_from_artifact
 from alchemist_kedro.models.proxy import generator_for
 from alchemist_kedro.models.t2i import t2i_from_artifact, to_uint8_images
-from alchemist_kedro.pipelines.evaluate.nodes import build_image_encoder, evaluate_generated
+from alchemist_kedro.pipelines.evaluate.nodes import build_image_encoder, evaluate_generated, real_test_features
 from alchemist_kedro.pipelines.rater.nodes import _concat
 from alchemist_kedro.pipelines.select.nodes import select_from_scores
 from alchemist_kedro.pipelines.train_t2i.nodes import build_t2i_inputs, join_split, train_t2i_model
@@ -90,13 +90,16 @@ def run_arm(arm_name: str, score_tables: dict, sample_index, samples: dict, feat
             test = join_split(samples, features, model.config.resolution, split="test")
             limit = evaluate_params.get("max_test_samples")
             test = {k: (v[: int(limit)] if limit and k != "missing_features" else v) for k, v in test.items()}
-        metrics = evaluate_generated(model, test, alignment, encoder, {**evaluate_params, "seed": int(seed)})
+            real_features = real_test_features(test, encoder, evaluate_params)  # the same for every seed
+        metrics = evaluate_generated(model, test, alignment, encoder, {**evaluate_params, "seed": int(seed)},
+                                     real_features=real_features)
         if grid is None:
             grid = {"captions": inputs["grid"]["captions"],
                     "images": to_uint8_images(model.generate(inputs["grid"]["tokens"], inputs["grid"]["mask"],
                                                              generator_for(int(seed), "t2i-grid")))}
         row = {"arm": arm_name, "seed": int(seed), "ratio": float(len(manifest[manifest["selected"]]) / len(manifest)),
-               "strategy": arm["strategy"], "scorer": arm.get("scorer") or "none", "n_train": summary["num_train_samples"],
+               "strategy": arm["strategy"], "scorer": arm.get("scorer") or "none", "family": arm.get("family") or arm_name,
+               "n_train": summary["num_train_samples"],
                "steps": summary["steps"], "train_seconds": summary["train_seconds"], **metrics}
         logger.info("compare: %s seed %s → %s", arm_name, seed, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         rows.append(row)
@@ -110,16 +113,20 @@ def comparison_report(compare: dict, *arm_results: dict):
         raise ValueError("no arm ran: check compare.preset and its arms")
     order = [a for a in resolve_preset(compare)["arms"] if a in set(runs["arm"])]
     summary = summarise_over_seeds(runs, "arm", METRICS)
-    meta = runs.groupby("arm", sort=False)[["ratio", "strategy", "scorer", "n_train", "steps"]].first().reset_index()
-    summary = meta.merge(summary, on="arm").set_index("arm").loc[order].reset_index()
+    meta = runs.groupby("arm", sort=False)[["ratio", "strategy", "scorer", "family", "n_train", "steps"]].first()
+    summary = meta.reset_index().merge(summary, on="arm").set_index("arm").loc[order].reset_index()
+    # The paper reports each heuristic at its best pruning strategy: flag the lowest-fd_onsfw arm of each family.
+    best = summary.groupby("family", sort=False)["fd_onsfw_mean"].transform("min")
+    summary["best_in_family"] = summary["fd_onsfw_mean"].eq(best)
     metrics = {f"{row['arm']}.{m}_mean": [{"step": 0, "value": float(row[f"{m}_mean"])}]
                for _, row in summary.iterrows() for m in METRICS}
     child_runs = [
         {"run_name": f"{row['arm']}/seed{row['seed']}",
          "tags": {"arm": row["arm"], "seed": str(row["seed"]), "ratio": f"{row['ratio']:.3f}",
-                  "strategy": row["strategy"], "scorer": row["scorer"], "preset": compare["preset"]},
+                  "strategy": row["strategy"], "scorer": row["scorer"], "family": row["family"],
+                  "preset": compare["preset"]},
          "params": {"n_train": int(row["n_train"]), "steps": int(row["steps"])},
-         "metrics": {k: float(row[k]) for k in runs.columns if k not in ("arm", "seed", "strategy", "scorer")}}
+         "metrics": {k: float(row[k]) for k in runs.columns if k not in ("arm", "seed", "strategy", "scorer", "family")}}
         for _, row in runs.iterrows()
     ]
     return runs, summary, metrics, child_runs, _summary_plot(summary), _grid_figure(arm_results, order)

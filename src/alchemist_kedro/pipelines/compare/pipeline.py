@@ -11,8 +11,9 @@ from kedro.pipeline import Node, Pipeline
 from alchemist_kedro.pipelines.compare.nodes import comparison_report, run_arm
 from alchemist_kedro.pipelines.evaluate.pipeline import fit_alignment_node
 
-ARMS = ("full", "random", "clarity", "frequency", "edge_density", "nsfw", "aesthetic", "alchemist", "topk", "gsample",
-        "no_group_mlp", "alchemist_small")
+ARMS = ("full", "random", "clarity", "clarity_band", "frequency", "frequency_band", "edge_density", "edge_density_band",
+        "alignment", "nsfw", "aesthetic", "alchemist", "topk", "gsample", "no_group_mlp", "alchemist_eq6",
+        "alchemist_small")
 SHARED = {"compare_score_tables", "select_samples_index", "samples", "features", "alignment_model"}
 PARAMS = {"params:compare", "params:train_t2i", "params:evaluate"}
 

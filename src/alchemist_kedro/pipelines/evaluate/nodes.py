@@ -63,8 +63,13 @@ def _derangement(n: int, seed: int) -> np.ndarray:
     return shifted
 
 
-def evaluate_generated(model: T2IModel, test: dict, alignment_model: AlignmentModel, encoder, params: dict) -> dict:
-    """Generate one image per test caption and score the set. → flat dict of floats (the metric names reported)."""
+def evaluate_generated(model: T2IModel, test: dict, alignment_model: AlignmentModel, encoder, params: dict,
+                       real_features: np.ndarray | None = None) -> dict:
+    """Generate one image per test caption and score the set. → flat dict of floats (the metric names reported).
+
+    `real_features`: the real test images' encoder features, when the caller already has them (compare reuses them
+    across seeds); computed here otherwise.
+    """
     began = time.perf_counter()
     generated = model.generate(test["tokens"], test["mask"], generator_for(int(params.get("seed", 0)), "evaluate"),
                                guidance_scale=params.get("guidance_scale"), num_steps=params.get("sample_steps"),
@@ -72,7 +77,7 @@ def evaluate_generated(model: T2IModel, test: dict, alignment_model: AlignmentMo
     generation_seconds = time.perf_counter() - began
     batch = int(params.get("encoder_batch_size", 32))
     generated_feats = open_nsfw_features(to_uint8_images(generated), encoder, batch)
-    real_feats = open_nsfw_features(to_uint8_images(test["images"]), encoder, batch)
+    real_feats = real_features if real_features is not None else real_test_features(test, encoder, params)
     scores = alignment_with_ceiling(alignment_model, generated_feats, real_feats, test["text_emb"])
     shuffled = test["text_emb"][_derangement(len(test["uids"]), int(params.get("seed", 0)))]
     return {
@@ -82,6 +87,11 @@ def evaluate_generated(model: T2IModel, test: dict, alignment_model: AlignmentMo
         "num_test": float(len(test["uids"])),
         "generation_seconds": float(generation_seconds),
     }
+
+
+def real_test_features(test: dict, encoder, params: dict) -> np.ndarray:
+    """The real test images through the evaluation encoder, at the resolution they were loaded at."""
+    return open_nsfw_features(to_uint8_images(test["images"]), encoder, int(params.get("encoder_batch_size", 32)))
 
 
 def build_image_encoder(params: dict):
