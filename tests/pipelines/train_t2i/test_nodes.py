@@ -22,8 +22,9 @@ def test_inputs_are_the_selected_pool_rows_and_test_grid(tmp_path):
     assert train["uids"] == [f"u{i:03d}" for i in range(0, 32, 2)] and inputs["selected"] == 16
     assert train["images"].shape == (16, 3, 16, 16) and train["tokens"].shape == (16, 4, 32)
     assert train["mask"].tolist()[0] == [1, 1, 1, 0]
-    # Grid = the first 4 test uids (rows 44..47), never pool rows.
-    assert inputs["grid"]["uids"] == ["u044", "u045", "u046", "u047"]
+    # Grid = 4 test uids evenly spaced over the 8 test rows (u044..u051), never pool rows; tensors follow the uids.
+    assert inputs["grid"]["uids"] == ["u044", "u046", "u049", "u051"]
+    assert inputs["grid"]["images"].shape[0] == len(inputs["grid"]["captions"]) == len(inputs["grid"]["text_emb"]) == 4
 
 
 def test_half_selection_trains_half_the_steps_and_writes_outputs(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -94,7 +95,7 @@ def run_arm(arm_name: str, score_tables: dict, sample_index, samples: dict, feat
         metrics = evaluate_generated(model, test, alignment, encoder, {**evaluate_params, "seed": int(seed)},
                                      real_features=real_features)
         if grid is None:
-            grid = {"captions": inputs["grid"]["captions"],
+            grid = {"captions": inputs["grid"]["captions"], "real": to_uint8_images(inputs["grid"]["images"]),
                     "images": to_uint8_images(model.generate(inputs["grid"]["tokens"], inputs["grid"]["mask"],
                                                              generator_for(int(seed), "t2i-grid")))}
         row = {"arm": arm_name, "seed": int(seed), "ratio": float(len(manifest[manifest["selected"]]) / len(manifest)),
@@ -151,18 +152,22 @@ def _summary_plot(summary: pd.DataFrame):
 
 
 def _grid_figure(arm_results, order):
+    """Row 0: the real test images of the fixed captions; then one row of seed-0 samples per arm."""
     grids = {r["rows"][0]["arm"]: r["grid"] for r in arm_results if r["rows"] and r["grid"]}
     arms = [a for a in order if a in grids]
-    columns = max(len(grids[a]["images"]) for a in arms)
-    fig, axes = plt.subplots(len(arms), columns, figsize=(1.4 * columns, 1.5 * len(arms) + 0.6), squeeze=False)
-    for r, arm in enumerate(arms):
+    first = grids[arms[0]]
+    rows = [("real", first.get("real") or [])] + [(arm, grids[arm]["images"]) for arm in arms]
+    columns = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.5 * columns, 1.5 * len(rows) + 0.9), squeeze=False)
+    for r, (label, images) in enumerate(rows):
         for c in range(columns):
             ax = axes[r, c]
             ax.axis("off")
-            if c < len(grids[arm]["images"]):
-                ax.imshow(grids[arm]["images"][c], interpolation="nearest")
-                if r == 0:
-                    ax.set_title(grids[arm]["captions"][c][:18], fontsize=6)
-        axes[r, 0].text(-0.1, 0.5, arm, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
-    fig.suptitle("seed-0 samples for the fixed test captions, one row per arm", fontsize=9)
+            if c < len(images):
+                ax.imshow(images[c], interpolation="nearest")
+            if r == 0 and c < len(first["captions"]):
+                # Emoji captions share their opening words ("an emoji of a ..."): show where they differ.
+                ax.set_title(textwrap.fill(first["captions"][c].removeprefix("an emoji of ")[:40], 16), fontsize=6)
+        axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle("real test images (top) and seed-0 samples for their captions, one row per arm", fontsize=9)
     return fig

@@ -53,7 +53,7 @@ def join_split(samples: dict, features: dict, resolution: int, uids=None, split:
 def build_t2i_inputs(selection_manifest: pd.DataFrame, samples: dict, features: dict, params: dict) -> dict:
     """The manifest's selected uids (its pool) as training tensors, plus the fixed grid captions (test split).
 
-    The `defect` column is never read. Grid captions: `grid.uids` if given, else the first `grid.count` test uids.
+    The `defect` column is never read. Grid captions: `grid.uids` if given, else `grid.count` test uids evenly spaced in uid order.
     """
     resolution = int(params["model"]["resolution"])
     selected = selection_manifest.loc[selection_manifest["selected"].astype(bool), "uid"].astype(str)
@@ -61,7 +61,10 @@ def build_t2i_inputs(selection_manifest: pd.DataFrame, samples: dict, features: 
     grid_uids = params["grid"].get("uids")
     grid = join_split(samples, features, resolution, uids=grid_uids, split=None if grid_uids else "test")
     count = int(params["grid"]["count"])
-    grid = {k: (v[:count] if k != "missing_features" else v) for k, v in grid.items()}
+    if not grid_uids:  # evenly spaced over the sorted test uids: the first few are all flags on the emoji corpus
+        pick = np.unique(np.linspace(0, len(grid["uids"]) - 1, min(count, len(grid["uids"]))).round().astype(int))
+        grid = {k: (v if k == "missing_features" else v[torch.as_tensor(pick)] if torch.is_tensor(v)
+                    else v[pick] if isinstance(v, np.ndarray) else [v[i] for i in pick]) for k, v in grid.items()}
     return {"train": train, "grid": grid, "selected": int(len(selected))}
 
 
