@@ -17,15 +17,13 @@ import copy
 import hashlib
 import json
 import math
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from alchemist_kedro.models.proxy import (
@@ -37,6 +35,7 @@ from alchemist_kedro.models.proxy import (
     training_loss,
 )
 from alchemist_kedro.models.rater import Rater, RaterConfig, weight_entropy
+from alchemist_kedro.training.checkpoints import latest_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -124,29 +123,6 @@ def _fingerprint(data, proxy_config, rater_config, config) -> str:
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(directory: Path, step: int, models: dict, optimizers: dict, state: dict) -> None:
-    final = directory / f"step_{step:07d}"
-    tmp = directory / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in models.items():
-        if module is not None:
-            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
-    # Optimizer state holds only tensors, numbers and tuples: loadable with torch.load(weights_only=True).
-    blob = {k: o.state_dict() for k, o in optimizers.items() if o is not None}
-    blob["torch_rng"] = torch.get_rng_state()  # a ByteTensor, also fine under weights_only=True
-    torch.save(blob, tmp / "optimizers.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # a kill mid-write leaves only a .tmp dir, never a half checkpoint
-
-
-def _latest_checkpoint(directory: Path) -> Path | None:
-    done = sorted(p for p in directory.glob("step_*") if (p / "state.json").is_file())
-    return done[-1] if done else None
-
-
 # --------------------------------------------------------------------------------------------- the loop
 def train_rater_bilevel(
     data: dict,
@@ -191,7 +167,7 @@ def train_rater_bilevel(
     ckpt_dir = None
     if checkpoint_dir is not None:
         ckpt_dir = Path(checkpoint_dir) / _fingerprint(data, proxy_config, rater_config, config)
-        latest = _latest_checkpoint(ckpt_dir)
+        latest = latest_checkpoint(ckpt_dir)
         if latest is not None:
             state = json.loads((latest / "state.json").read_text())
             optim = torch.load(latest / "optimizers.pt", weights_only=True)
@@ -325,7 +301,7 @@ def train_rater_bilevel(
 
         done = step + 1
         if ckpt_dir is not None and (done % config.checkpoint_every == 0 or done == total):
-            _save_checkpoint(
+            save_checkpoint(
                 ckpt_dir,
                 done,
                 {"rater": rater, "theta_hat": theta_hat.unet, "theta": theta.unet if theta is not None else None},

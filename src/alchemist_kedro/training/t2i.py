@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from alchemist_kedro.models.proxy import generator_for, training_loss
 from alchemist_kedro.models.t2i import EMA, T2IConfig, T2IModel
-from alchemist_kedro.training.bilevel import _latest_checkpoint, _save_checkpoint
+from alchemist_kedro.training.checkpoints import latest_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -108,7 +108,7 @@ def train_t2i(
     start, train_seconds = 0, 0.0
 
     ckpt_dir = Path(checkpoint_dir) / _fingerprint(uids, model_config, config) if checkpoint_dir is not None else None
-    if ckpt_dir is not None and (latest := _latest_checkpoint(ckpt_dir)) is not None:
+    if ckpt_dir is not None and (latest := latest_checkpoint(ckpt_dir)) is not None:
         state = json.loads((latest / "state.json").read_text())
         blob = torch.load(latest / "optimizers.pt", weights_only=True)
         model.unet.load_state_dict(load_file(str(latest / "unet.safetensors")))
@@ -120,7 +120,7 @@ def train_t2i(
         start, train_seconds, history = state["step"], state["train_seconds"], state["history"]
 
     def checkpoint(step: int) -> None:
-        _save_checkpoint(
+        save_checkpoint(
             ckpt_dir, step, {"unet": model.unet, "ema_unet": ema.unet if ema is not None else None},
             {"optimizer": optimizer, "lr_scheduler": scheduler},
             {"step": step, "train_seconds": train_seconds, "history": history},
