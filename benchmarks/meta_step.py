@@ -1,101 +1,120 @@
-"""One meta step (eq. 9 and eq. 6, default K) vs one plain proxy training step on the same batch, in one run;
-and the per-sample loss std across repeated evaluations with and without common random numbers.
+"""One meta step (eq. 9 and eq. 6) vs one plain proxy training step on the same batch, in one run; and the quality
+of the rater's signal at each number K of CRN timesteps (per-sample loss noise vs between-sample spread).
 
-    .venv/bin/python benchmarks/meta_step.py [--threads 2] [--repeats 3]
+    .venv/bin/python benchmarks/meta_step.py [--threads 2] [--repeats 5] [--ks 1,2,4]
 
-Default proxy config (32 px, conf/base/parameters_rater.yml), synthetic inputs of the real shapes (16×384 tokens,
-1408-d features). Timings on a shared machine are noisy: the best of --repeats interleaved runs is reported, ratios in one run.
+Default proxy config (conf/base/parameters_rater.yml), inputs of the real shapes (16×384 tokens, 1408-d features):
+images are real-looking smooth blobs, not uniform noise, so the loss spread between samples is meaningful. Timings
+on a shared machine are noisy: the best of --repeats interleaved runs is reported, ratios within one run.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
-from alchemist_kedro.models.proxy import ProxyConfig, ProxyT2I, generator_for, per_sample_loss, training_loss
+from alchemist_kedro.models.proxy import ProxyConfig, generator_for, per_sample_loss, training_loss
 from alchemist_kedro.models.rater import RaterConfig
-from alchemist_kedro.training.bilevel import BilevelConfig, train_rater_bilevel
+from alchemist_kedro.training.bilevel import (
+    Batch, BilevelConfig, RaterData, Split, init_state, meta_step, start_meta_phase, warmup_step,
+)
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_rater.yml"
+
+
+def synthetic_split(n: int, resolution: int, seed: int) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1  # smooth images: upsampled 4×4 colour fields
+    images = torch.nn.functional.interpolate(low, size=resolution, mode="bilinear", align_corners=False)
+    return Split(images, torch.randn(n, 16, 384, generator=g), torch.ones(n, 16, dtype=torch.long),
+                 [f"s{seed}-{i}" for i in range(n)])
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--val-batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ks", default="1,2,4", help="K values (CRN timesteps) to time and to measure the signal at")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    n, b = 64, args.batch
-    data = {
-        "pool_images": torch.rand(n, 3, 32, 32) * 2 - 1, "pool_tokens": torch.randn(n, 16, 384),
-        "pool_mask": torch.ones(n, 16, dtype=torch.long), "pool_features": torch.randn(n, 1408),
-        "pool_uids": [f"p{i}" for i in range(n)],
-        "val_images": torch.rand(n, 3, 32, 32) * 2 - 1, "val_tokens": torch.randn(n, 16, 384),
-        "val_mask": torch.ones(n, 16, dtype=torch.long), "val_uids": [f"v{i}" for i in range(n)],
-    }
-    proxy_config = ProxyConfig()
-    defaults = BilevelConfig()
-    K = defaults.num_loss_timesteps
+    params = yaml.safe_load(CONF.read_text())["rater"]
+    proxy_config = ProxyConfig(**params["proxy"])
+    base = dict(params["training"])
+    b, bv, res = base["batch_size"], base["val_batch_size"], proxy_config.resolution
+    data = RaterData(synthetic_split(256, res, 0), synthetic_split(64, res, 1), torch.randn(256, 1408))
+    ks = [int(k) for k in args.ks.split(",")]
 
-    # Plain step: one fwd+bwd+AdamW of the proxy on the train batch.
-    proxy = ProxyT2I(proxy_config)
-    opt = torch.optim.AdamW(proxy.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    x, tok, mask = data["pool_images"][:b], data["pool_tokens"][:b], data["pool_mask"][:b]
+    def fresh_state(**overrides):
+        config = BilevelConfig(**{**base, **overrides, "ul_start": 0.5, "ul_floor": 0.5})  # every term runs
+        state = init_state(data, proxy_config, RaterConfig(feature_dim=1408, **params["model"]), config)
+        for s in range(3):
+            warmup_step(state, data.pool.rows(range(s * b, (s + 1) * b)), config, s)
+        start_meta_phase(state, config)
+        return state, config
+
+    def batch(start):
+        index = torch.arange(start, start + b)
+        return Batch(data.pool.rows(index), data.pool_features[index])
+
+    def timed(state, config):
+        def run():
+            reference = batch(b) if config.baseline == "reference" else None
+            t0 = time.perf_counter()
+            meta_step(state, batch(0), data.val.rows(range(bv)), reference, config, 0.5, 10)
+            return time.perf_counter() - t0
+        return run
+
+    plain_state, plain_config = fresh_state()
 
     def plain():
-        loss = training_loss(proxy, x, tok, mask, generator_for(0, "bench")).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    def plain_time():
+        x = batch(0).rows
         t0 = time.perf_counter()
-        plain()
+        loss = training_loss(plain_state.theta_hat, x.images, x.tokens, x.mask, generator_for(0, "bench")).mean()
+        plain_state.opt_hat.zero_grad()
+        loss.backward()
+        plain_state.opt_hat.step()
         return time.perf_counter() - t0
 
-    def meta_time(mode, baseline):
-        # One short run (1 warm-up + 3 meta steps, ul < 1 so every term runs); the time of its last meta step.
-        # The first meta step also copies θ̂ → θ and records the probe trace: it is not timed.
-        cfg = dict(mode=mode, baseline=baseline, batch_size=b, val_batch_size=args.val_batch, ul_start=0.5,
-                   ul_floor=0.5, checkpoint_every=10**9, trace_every=10**9, probe_size=1)
-        stamps = []
-        train_rater_bilevel(data, proxy_config, RaterConfig(feature_dim=1408),
-                            BilevelConfig(warmup_steps=1, meta_steps=3, **cfg),
-                            on_step=lambda s: stamps.append(time.perf_counter()))
-        return min(b2 - a2 for a2, b2 in zip(stamps[2:], stamps[3:]))
-
-    plain()  # warm-up
-    arms = {"plain": plain_time, "eq9": lambda: meta_time("eq9", "reference"),
-            "eq9_ema": lambda: meta_time("eq9", "ema"), "eq6": lambda: meta_time("eq6", "reference")}
-    # Interleaved, best of --repeats: the machine is shared, so each ratio compares neighbours in time.
+    arms = {"plain": plain}
+    for k in ks:
+        arms[f"eq9 K={k}"] = timed(*fresh_state(mode="eq9", num_loss_timesteps=k))
+        arms[f"eq9 K={k} ema b"] = timed(*fresh_state(mode="eq9", baseline="ema", num_loss_timesteps=k))
+        arms[f"eq6 K={k}"] = timed(*fresh_state(mode="eq6", num_loss_timesteps=k))
+        arms[f"eq6 K={k} ema b"] = timed(*fresh_state(mode="eq6", baseline="ema", num_loss_timesteps=k))
+    for fn in arms.values():
+        fn()  # warm-up of every arm (allocator, first-call overheads)
     times = {name: [] for name in arms}
-    for _ in range(args.repeats):
+    for _ in range(args.repeats):  # interleaved: each ratio compares neighbours in time
         for name, fn in arms.items():
             times[name].append(fn())
-    t_plain, t_eq9, t_eq9_ema, t_eq6 = (min(times[n]) for n in ("plain", "eq9", "eq9_ema", "eq6"))
-    print(f"threads={args.threads} batch={b} val_batch={args.val_batch} K={K} resolution=32")
-    print(f"plain proxy step        {t_plain * 1e3:8.1f} ms")
-    print(f"meta step eq9           {t_eq9 * 1e3:8.1f} ms   ratio {t_eq9 / t_plain:5.2f}x  (goal <= 3x)")
-    print(f"meta step eq9, ema b    {t_eq9_ema * 1e3:8.1f} ms   ratio {t_eq9_ema / t_plain:5.2f}x  (no reference pass)")
-    print(f"meta step eq6           {t_eq6 * 1e3:8.1f} ms   ratio {t_eq6 / t_plain:5.2f}x  (goal <= 4x)")
+    best = {name: min(v) for name, v in times.items()}
+    print(f"threads={args.threads} batch={b} val_batch={bv} resolution={res} repeats={args.repeats} "
+          f"(conf default: K={base['num_loss_timesteps']}, baseline={base['baseline']}, mode={base['mode']})")
+    print(f"{'step':<18}{'ms':>9}{'x plain':>9}")
+    for name, t in best.items():
+        goal = " (goal <= 3x)" if name.startswith("eq9") and "ema" not in name else (
+            " (goal <= 4x)" if name.startswith("eq6") else "")
+        print(f"{name:<18}{t * 1e3:9.1f}{t / best['plain']:9.2f}{goal}")
 
-    # Per-sample loss std across 8 repeated evaluations of the same samples and model.
+    # Signal quality: how well the K-point CRN loss ranks samples, against a K=32 reference of the same model.
+    state, config = fresh_state()
+    for s in range(3, 30):
+        warmup_step(state, data.pool.rows(range((s % 16) * 16, (s % 16) * 16 + 16)), config, s)
+    x = data.pool.rows(range(128))
     with torch.no_grad():
-        crn = torch.stack([per_sample_loss(proxy, x, tok, mask, data["pool_uids"][:b], num_timesteps=K)
-                           for _ in range(8)])
-        g = torch.Generator().manual_seed(1)
-        rnd = torch.stack([per_sample_loss(proxy, x, tok, mask, data["pool_uids"][:b], num_timesteps=K, crn=False,
-                                           generator=g) for _ in range(8)])
-        rnd1 = torch.stack([per_sample_loss(proxy, x, tok, mask, data["pool_uids"][:b], num_timesteps=1, crn=False,
-                                            generator=g) for _ in range(8)])
-    s_crn, s_rnd, s_rnd1 = (float(v.std(0).mean()) for v in (crn, rnd, rnd1))
-    spread = float(crn[0].std())
-    print(f"per-sample loss std over 8 evaluations (mean over {b} samples), between-sample std {spread:.4f}:")
-    print(f"  CRN, K={K} stratified      {s_crn:.6f}")
-    print(f"  random t/eps, K={K}        {s_rnd:.6f}")
-    print(f"  random t/eps, K=1        {s_rnd1:.6f}   (a single-draw diffusion loss)")
+        ref = per_sample_loss(state.theta_hat, x.images, x.tokens, x.mask, x.uids, num_timesteps=32).numpy()
+        print(f"signal quality over {len(x)} samples after 30 warm-up steps; between-sample std of the K=32 loss "
+              f"{ref.std():.5f}")
+        print(f"{'K':>3}{'|L_K - L_32| std':>20}{'noise / spread':>16}{'Spearman vs K=32':>18}")
+        for k in sorted(set(ks) | {8}):
+            est = per_sample_loss(state.theta_hat, x.images, x.tokens, x.mask, x.uids, num_timesteps=k).numpy()
+            noise = float(np.std(est - ref))
+            rho = float(np.corrcoef(np.argsort(np.argsort(est)), np.argsort(np.argsort(ref)))[0, 1])
+            print(f"{k:>3}{noise:>20.5f}{noise / ref.std():>16.3f}{rho:>18.3f}")
 
 
 if __name__ == "__main__":

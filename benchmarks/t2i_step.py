@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
 from alchemist_kedro.models.proxy import generator_for, training_loss
 from alchemist_kedro.models.t2i import T2IConfig, T2IModel
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_train_t2i.yml"
+BASE = yaml.safe_load(CONF.read_text())["train_t2i"]["model"]  # the conf default; configs below override it
 
 DEFAULT = dict(resolution=16, block_out_channels=(32, 64, 128), layers_per_block=1,
                down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
@@ -37,7 +42,7 @@ def main():
     runs = {}
     for name, kw in CONFIGS.items():
         torch.manual_seed(0)
-        model = T2IModel(T2IConfig(**kw)).train()
+        model = T2IModel(T2IConfig(**{**BASE, **kw})).train()
         r = model.config.resolution
         batch = (torch.rand(args.batch, 3, r, r) * 2 - 1, torch.randn(args.batch, 16, 384),
                  torch.ones(args.batch, 16, dtype=torch.long))

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from alchemist_kedro.models.proxy import ProxyConfig
+from tests.conf_values import base_params
 
 COLOURS = np.array([[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]], dtype=np.float32)
 RES, TOKEN_DIM, TOKENS = 16, 32, 4
@@ -23,7 +24,7 @@ def tiny_proxy_config(**overrides) -> ProxyConfig:
         attention_heads=2,
     )
     cfg.update(overrides)
-    return ProxyConfig(**cfg)
+    return ProxyConfig(**base_params("rater.proxy", **cfg))
 
 
 def _image(rng, colour, shape):

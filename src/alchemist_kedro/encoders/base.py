@@ -9,50 +9,27 @@ when it changes, so swapping weights (or a setting that matters) can never silen
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _file_sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _file_sha256_cached(path: str, size: int, mtime_ns: int) -> str:  # size/mtime: cache key only
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from alchemist_kedro.hashing import files_digest, json_digest
 
 
 def weights_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
     """sha256[:16] over the named files' contents, in sorted-name order (one file: its own sha256[:16])."""
-    files = sorted(Path(p) for p in paths)
-    if not files:
-        raise ValueError("weights_digest needs at least one weights file")
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"weights file(s) not found: {missing}")
-    if len(files) == 1:
-        return _file_sha256(files[0])[:16]
-    combined = hashlib.sha256("".join(f"{p.name}:{_file_sha256(p)}\n" for p in files).encode())
-    return combined.hexdigest()[:16]
+    return files_digest(paths)
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
     """A short stable hash of JSON-able settings (sorted keys)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(settings)
 
 
 def make_fingerprint(name: str, weights: str, settings: dict[str, Any] | None = None) -> str:

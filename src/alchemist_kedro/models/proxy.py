@@ -6,7 +6,6 @@ so a loss difference between two models or two samples reflects them and not the
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,24 +14,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
+from alchemist_kedro.hashing import stable_seed
+
 
 @dataclass
 class ProxyConfig:
-    resolution: int = 32  # pixel-space side; the latent side is resolution / VAE downsampling
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    resolution: int  # pixel-space side; the latent side is resolution / VAE downsampling
+    block_out_channels: tuple[int, ...]
     # Cross-attention only at 16×16 and below: at 32×32 attention is 82% of a CPU step (stack-notes.md).
-    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
-    layers_per_block: int = 1
-    attention_heads: int = 2  # diffusers reads `attention_head_dim` as the number of heads here
-    norm_num_groups: int = 16
-    cross_attention_dim: int = 384  # the text encoder's token dim (MiniLM)
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"  # diffusers DDPMScheduler: linear | scaled_linear | squaredcos_cap_v2 (cosine)
-    prediction_type: str = "epsilon"  # epsilon | v_prediction
-    snr_gamma: float | None = 5.0  # min-SNR-γ (diffusers train_text_to_image.py); None = plain MSE
-    caption_dropout: float = 0.1  # plain training step only: null caption = zero tokens + zero mask (CFG-ready)
-    vae_path: str | None = None  # local AutoencoderKL folder → latent space; None = pixel space
+    down_block_types: tuple[str, ...]
+    up_block_types: tuple[str, ...]
+    layers_per_block: int
+    attention_heads: int  # diffusers reads `attention_head_dim` as the number of heads here
+    norm_num_groups: int
+    cross_attention_dim: int  # the text encoder's token dim (MiniLM)
+    num_train_timesteps: int
+    beta_schedule: str  # diffusers DDPMScheduler: linear | scaled_linear | squaredcos_cap_v2 (cosine)
+    prediction_type: str  # epsilon | v_prediction
+    snr_gamma: float | None  # min-SNR-γ (diffusers train_text_to_image.py); None = plain MSE
+    caption_dropout: float  # plain training step only: null caption = zero tokens + zero mask (CFG-ready)
+    vae_path: str | None  # local AutoencoderKL folder → latent space; None = pixel space
 
     def __post_init__(self):
         for name in ("block_out_channels", "down_block_types", "up_block_types"):
@@ -108,12 +109,6 @@ class ProxyT2I(nn.Module):
             weight = weight / (snr + 1) if self.config.prediction_type == "v_prediction" else weight / snr
             loss = loss * weight
         return loss
-
-
-def stable_seed(*parts) -> int:
-    """A 63-bit seed from strings/ints that is the same in every process (Python's hash() is salted)."""
-    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def generator_for(*parts) -> torch.Generator:

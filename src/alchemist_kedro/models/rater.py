@@ -10,10 +10,10 @@ import torch.nn as nn
 
 @dataclass
 class RaterConfig:
-    feature_dim: int = 1024 + 384  # image_emb ⊕ text_emb
-    hidden_dim: int = 256
-    group_hidden_dim: int = 128
-    use_group: bool = True  # False: the ablation without the Group MLP (W_b = 1)
+    feature_dim: int  # image_emb ⊕ text_emb
+    hidden_dim: int
+    group_hidden_dim: int
+    use_group: bool  # False: the ablation without the Group MLP (W_b = 1)
 
 
 class Rater(nn.Module):

@@ -21,15 +21,13 @@ from alchemist_kedro.models.proxy import ProxyConfig, ProxyT2I
 
 @dataclass
 class T2IConfig(ProxyConfig):
-    # Wider and deeper than the rater's proxy ((32, 64, 64), 1 layer per block, 2 heads): a different model.
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
-    layers_per_block: int = 2
-    attention_heads: int = 4
-    caption_dropout: float = 0.1  # every training step: the null caption is what CFG's unconditional branch sees
+    """ProxyConfig plus sampling. Its values (conf/base/parameters_train_t2i.yml) are deliberately not the rater
+    proxy's: a different, bigger model, as in the paper's transfer claim."""
+
     # Sampling (evaluation grids and the evaluate pipeline).
-    sample_steps: int = 25  # DDIM steps
-    guidance_scale: float = 3.0  # CFG: ε_uncond + s · (ε_cond − ε_uncond); 1.0 = no guidance
-    eta: float = 0.0  # DDIM η (0 = deterministic given the initial noise)
+    sample_steps: int  # DDIM steps
+    guidance_scale: float  # CFG: ε_uncond + s · (ε_cond − ε_uncond); 1.0 = no guidance
+    eta: float  # DDIM η (0 = deterministic given the initial noise)
 
 
 def t2i_config_from_dict(values: dict) -> T2IConfig:

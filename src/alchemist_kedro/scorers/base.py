@@ -7,7 +7,6 @@ scores can be reused exactly when they would come out the same. A new scorer is 
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from alchemist_kedro.hashing import file_sha256, json_digest, tensors_digest
 from alchemist_kedro.schemas import SCORE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -76,10 +76,7 @@ class Scorer(ABC):
     def version(self) -> str:
         """`<name>-<12 hex>`: a hash of the settings and of the weights' digest (if any)."""
         settings = {k: v for k, v in sorted(self.params.items()) if k not in self.unversioned_params}
-        payload = json.dumps(
-            {"settings": settings, "weights": self.weights_digest()}, sort_keys=True, default=str
-        )
-        return f"{self.name}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+        return f"{self.name}-{json_digest({'settings': settings, 'weights': self.weights_digest()}, 12)}"
 
     def weights_digest(self) -> str | None:
         """Digest of the weights this scorer runs, or None when it has none."""
@@ -115,11 +112,7 @@ class ArtifactScorer(Scorer):
         self.batch_size = max(1, int(batch_size))
 
     def weights_digest(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.artifact["config"], sort_keys=True).encode())
-        for key, tensor in sorted(self.artifact["state_dict"].items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return tensors_digest(self.artifact["config"], self.artifact["state_dict"])
 
 
 _REGISTRY: dict[str, type[Scorer]] = {}
@@ -167,14 +160,6 @@ def accepted_params(cls: type[Scorer]) -> set[str]:
         for p in signature.parameters.values()
         if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_score_table(

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 
 def save_checkpoint(directory: Path, step: int, models: dict, optimizers: dict, state: dict,
@@ -41,3 +42,33 @@ def completed_checkpoints(directory: Path) -> list[Path]:
 def latest_checkpoint(directory: Path) -> Path | None:
     done = completed_checkpoints(directory)
     return done[-1] if done else None
+
+
+@dataclass
+class Checkpoint:
+    """A completed checkpoint folder, read back: its JSON state and the weights/optimizer blobs it holds."""
+
+    path: Path
+    state: dict
+
+    def has(self, name: str) -> bool:
+        return (self.path / f"{name}.safetensors").is_file()
+
+    def restore(self, models: dict, optimizers: dict) -> None:
+        """Load weights into `models` and state into `optimizers` (None entries skipped), then torch's RNG."""
+        blob = torch.load(self.path / "optimizers.pt", weights_only=True)
+        for name, module in models.items():
+            if module is not None:
+                module.load_state_dict(load_file(str(self.path / f"{name}.safetensors")))
+        for name, optimizer in optimizers.items():
+            if optimizer is not None:
+                optimizer.load_state_dict(blob[name])
+        torch.set_rng_state(blob["torch_rng"])
+
+
+def load_latest_checkpoint(directory: Path) -> Checkpoint | None:
+    """The newest completed checkpoint under `directory`, or None (a fresh run)."""
+    latest = latest_checkpoint(directory)
+    if latest is None:
+        return None
+    return Checkpoint(latest, json.loads((latest / "state.json").read_text()))

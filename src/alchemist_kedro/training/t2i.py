@@ -10,8 +10,6 @@ state) are keyed by a fingerprint of config + training uids, so a killed run res
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,25 +18,25 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from alchemist_kedro.models.proxy import generator_for, training_loss
 from alchemist_kedro.models.t2i import EMA, T2IConfig, T2IModel
-from alchemist_kedro.training.checkpoints import latest_checkpoint, save_checkpoint
+from alchemist_kedro.hashing import run_fingerprint
+from alchemist_kedro.training.checkpoints import load_latest_checkpoint, save_checkpoint
 
 
 @dataclass
 class T2ITrainingConfig:
-    epochs: float = 4.0  # passes over the selected subset; fractional epochs allowed
-    batch_size: int = 16
-    learning_rate: float = 2e-4
-    lr_warmup_steps: int = 20  # linear warm-up, then constant (diffusers' "constant_with_warmup")
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-2
-    grad_clip: float = 1.0
-    ema_decay: float | None = 0.995  # None: no EMA; the EMA weights are the model that is returned and sampled
-    checkpoint_every: int = 100
-    seed: int = 0
+    epochs: float  # passes over the selected subset; fractional epochs allowed
+    batch_size: int
+    learning_rate: float
+    lr_warmup_steps: int  # linear warm-up, then constant (diffusers' "constant_with_warmup")
+    betas: tuple[float, float]
+    weight_decay: float
+    grad_clip: float
+    ema_decay: float | None  # None: no EMA; the EMA weights are the model that is returned and sampled
+    checkpoint_every: int
+    seed: int
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -74,12 +72,6 @@ def batch_indices(num_samples: int, config: T2ITrainingConfig, step: int) -> np.
     return order[within * config.batch_size : (within + 1) * config.batch_size]
 
 
-def _fingerprint(uids: list[str], model_config: T2IConfig, config: T2ITrainingConfig) -> str:
-    h = hashlib.sha256(json.dumps([asdict(model_config), asdict(config)], sort_keys=True, default=str).encode())
-    h.update("\n".join(uids).encode())
-    return h.hexdigest()[:16]
-
-
 def train_t2i(
     data: dict,
     model_config: T2IConfig,
@@ -107,17 +99,13 @@ def train_t2i(
     history: dict[str, list[dict]] = {}
     start, train_seconds = 0, 0.0
 
-    ckpt_dir = Path(checkpoint_dir) / _fingerprint(uids, model_config, config) if checkpoint_dir is not None else None
-    if ckpt_dir is not None and (latest := latest_checkpoint(ckpt_dir)) is not None:
-        state = json.loads((latest / "state.json").read_text())
-        blob = torch.load(latest / "optimizers.pt", weights_only=True)
-        model.unet.load_state_dict(load_file(str(latest / "unet.safetensors")))
-        if ema is not None:
-            ema.unet.load_state_dict(load_file(str(latest / "ema_unet.safetensors")))
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["lr_scheduler"])
-        torch.set_rng_state(blob["torch_rng"])
-        start, train_seconds, history = state["step"], state["train_seconds"], state["history"]
+    ckpt_dir = None
+    if checkpoint_dir is not None:
+        ckpt_dir = Path(checkpoint_dir) / run_fingerprint([asdict(model_config), asdict(config)], uids)
+        if (checkpoint := load_latest_checkpoint(ckpt_dir)) is not None:
+            checkpoint.restore({"unet": model.unet, "ema_unet": ema.unet if ema is not None else None},
+                               {"optimizer": optimizer, "lr_scheduler": scheduler})
+            start, train_seconds, history = (checkpoint.state[k] for k in ("step", "train_seconds", "history"))
 
     def checkpoint(step: int) -> None:
         save_checkpoint(

@@ -12,7 +12,7 @@ import yaml
 from tests.pipelines.train_t2i.tables import t2i_params, tables
 
 REPO = Path(__file__).resolve().parents[3]
-CONF_FILES = ("catalog.yml", "mlflow.yml", "parameters.yml", "catalog_ingest.yml", "catalog_features.yml",
+CONF_FILES = ("catalog.yml", "mlflow.yml", "parameters.yml", "globals.yml", "catalog_ingest.yml", "catalog_features.yml",
               "catalog_select.yml", "catalog_compare.yml")
 
 

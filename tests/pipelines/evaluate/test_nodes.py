@@ -4,13 +4,10 @@ import numpy as np
 import torch
 
 from alchemist_kedro.models.alignment import alignment_from_artifact
-from alchemist_kedro.pipelines.evaluate.nodes import (
-    _derangement,
-    build_test_set,
-    evaluate_t2i,
-    fit_alignment_on_val,
-)
+from alchemist_kedro.pipelines.evaluate.nodes import build_test_set, evaluate_t2i, fit_alignment_on_val
+from alchemist_kedro.tables import derangement
 from alchemist_kedro.pipelines.train_t2i.nodes import build_t2i_inputs, train_t2i_model
+from tests.conf_values import base_params
 from tests.pipelines.train_t2i.tables import manifest, t2i_params, tables
 
 torch.set_num_threads(1)
@@ -19,7 +16,7 @@ torch.set_num_threads(1)
 def test_alignment_is_fitted_on_val_only_and_separates_matching_pairs():
     samples, features = tables()
     index = {k: (lambda load=load: load()[["uid", "split"]]) for k, load in samples.items()}
-    artifact = fit_alignment_on_val(index, features, {"alignment": {"epochs": 30, "batch_size": 8}})
+    artifact = fit_alignment_on_val(index, features, base_params("evaluate", alignment={"epochs": 30, "batch_size": 8}))
     model = alignment_from_artifact(artifact)
     assert model.config.image_dim == 1024 and model.config.text_dim == 24
     feats = features["b"]()
@@ -32,7 +29,7 @@ def test_alignment_is_fitted_on_val_only_and_separates_matching_pairs():
 
 def test_derangement_has_no_fixed_point():
     for n in (2, 5, 195):
-        perm = _derangement(n, 0)
+        perm = derangement(n, 0)
         assert sorted(perm) == list(range(n)) and (perm != np.arange(n)).all()
 
 
@@ -41,9 +38,9 @@ def test_evaluate_on_tiny_model_gives_finite_metrics(tmp_path):
     params = t2i_params(tmp_path)
     artifact, *_ = train_t2i_model(build_t2i_inputs(manifest(), samples, features, params), params)
     index = {k: (lambda load=load: load()[["uid", "split"]]) for k, load in samples.items()}
-    alignment = fit_alignment_on_val(index, features, {"alignment": {"epochs": 10, "batch_size": 8}})
-    eval_params = {"threads": 1, "max_test_samples": 6, "sample_steps": 2, "batch_size": 4,
-                   "image_encoder": {"name": "open_nsfw", "batch_size": 8, "threads": 1}}
+    alignment = fit_alignment_on_val(index, features, base_params("evaluate", alignment={"epochs": 10, "batch_size": 8}))
+    eval_params = base_params("evaluate", threads=1, max_test_samples=6, sample_steps=2, batch_size=4,
+                              image_encoder={"name": "open_nsfw", "batch_size": 8, "threads": 1})
     test = build_test_set(samples, features, artifact, eval_params)
     assert test["uids"] == [f"u{i:03d}" for i in range(44, 50)] and test["images"].shape[-1] == 16
     history, report = evaluate_t2i(artifact, test, alignment, eval_params)

@@ -9,6 +9,7 @@ from PIL import Image
 from alchemist_kedro.datasets.torch_safetensors import TorchSafetensorsDataset
 from alchemist_kedro.models.rater import rater_from_artifact, score_with_rater
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs, train_rater
+from tests.conf_values import base_params
 
 torch.set_num_threads(1)
 TOKENS, TOKEN_DIM = 4, 32
@@ -39,27 +40,28 @@ def _tables(n_pool=24, n_val=8, n_test=4):
 
 
 def _params(tmp_path):
-    return {
-        "threads": 1,
-        "checkpoint_dir": str(tmp_path / "ckpt"),
-        "proxy": {"resolution": 16, "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 8,
-                  "cross_attention_dim": TOKEN_DIM},
-        "model": {"hidden_dim": 8, "group_hidden_dim": 4, "use_group": True},
-        "training": {"warmup_steps": 2, "meta_steps": 3, "batch_size": 8, "val_batch_size": 4, "checkpoint_every": 2,
-                     "trace_every": 2, "probe_size": 3, "ul_start": 0.5},
-    }
+    return base_params(
+        "rater",
+        threads=1,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        proxy={"resolution": 16, "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+               "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 8,
+               "cross_attention_dim": TOKEN_DIM},
+        model={"hidden_dim": 8, "group_hidden_dim": 4, "use_group": True},
+        training={"warmup_steps": 2, "meta_steps": 3, "batch_size": 8, "val_batch_size": 4, "checkpoint_every": 2,
+                  "trace_every": 2, "probe_size": 3, "ul_start": 0.5},
+    )
 
 
 def test_build_inputs_joins_by_uid_decodes_and_drops_test(tmp_path):
     samples, features = _tables()
     out = build_rater_inputs(samples, features, _params(tmp_path))
-    assert len(out["pool_uids"]) == 23 and len(out["val_uids"]) == 8 and out["missing_features"] == 1
-    assert "u003" not in out["pool_uids"] and not any(int(u[1:]) >= 32 for u in out["pool_uids"] + out["val_uids"])
-    assert out["pool_images"].shape == (23, 3, 16, 16)
+    assert len(out.pool.uids) == 23 and len(out.val.uids) == 8 and out.missing_features == 1
+    assert "u003" not in out.pool.uids and not any(int(u[1:]) >= 32 for u in out.pool.uids + out.val.uids)
+    assert out.pool.images.shape == (23, 3, 16, 16)
     # u000 was filled with RGB (0, 40, 200) → [-1, 1] scale.
-    np.testing.assert_allclose(out["pool_images"][0, :, 0, 0].numpy(), np.array([0, 40, 200]) / 127.5 - 1, atol=1e-6)
-    assert out["pool_tokens"].shape == (23, TOKENS, TOKEN_DIM) and out["pool_features"].shape == (23, 18)
+    np.testing.assert_allclose(out.pool.images[0, :, 0, 0].numpy(), np.array([0, 40, 200]) / 127.5 - 1, atol=1e-6)
+    assert out.pool.tokens.shape == (23, TOKENS, TOKEN_DIM) and out.pool_features.shape == (23, 18)
 
 
 def test_train_node_outputs_and_model_round_trip(tmp_path):
@@ -75,5 +77,5 @@ def test_train_node_outputs_and_model_round_trip(tmp_path):
     ds = TorchSafetensorsDataset(filepath=str(tmp_path / "rater.safetensors"), version=Version(None, None))
     ds.save(artifact)
     loaded = rater_from_artifact(ds.load())
-    f = inputs["pool_features"].numpy()
+    f = inputs.pool_features.numpy()
     np.testing.assert_array_equal(score_with_rater(loaded, f), score_with_rater(rater_from_artifact(artifact), f))

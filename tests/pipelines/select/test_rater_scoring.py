@@ -9,13 +9,15 @@ import torch
 from alchemist_kedro.models.rater import Rater, RaterConfig, rater_to_artifact, score_with_rater
 from alchemist_kedro.pipelines.select import nodes
 from alchemist_kedro.schemas import SCORE_SCHEMA
+from alchemist_kedro.tables import feature_matrix
+from tests.conf_values import base_params
 
 IMAGE_DIM, TEXT_DIM = 6, 4
 
 
 def make_artifact(seed: int) -> dict:
     torch.manual_seed(seed)
-    return rater_to_artifact(Rater(RaterConfig(feature_dim=IMAGE_DIM + TEXT_DIM, hidden_dim=8, group_hidden_dim=4)))
+    return rater_to_artifact(Rater(RaterConfig(feature_dim=IMAGE_DIM + TEXT_DIM, hidden_dim=8, group_hidden_dim=4, use_group=True)))
 
 
 def feature_shard(start: int, count: int) -> pd.DataFrame:
@@ -63,7 +65,7 @@ def test_scores_are_instance_logits_ranked_over_the_whole_corpus():
     everything = pd.concat(frames.values(), ignore_index=True)
     rater = Rater(RaterConfig(**artifact["config"]))
     rater.load_state_dict(artifact["state_dict"])
-    expected = score_with_rater(rater, nodes._feature_matrix(everything))
+    expected = score_with_rater(rater, feature_matrix(everything))
     by_uid = dict(zip(everything["uid"], expected))
     np.testing.assert_allclose(table["raw_score"], [by_uid[u] for u in table["uid"]], rtol=1e-6)
     # Global ranks: 0..N-1 once each, best score first, across both shards.
@@ -106,7 +108,7 @@ def test_selection_ranks_and_picks_within_the_pool_only():
     pool = nodes.pool_scores(scores, index)
     assert sorted(pool["uid"]) == ["p1", "p2", "p3"]
     manifest = nodes.select_from_scores(
-        pool, {"strategy": "topk", "ratio": None, "count": 1, "seed": 0, "strategies": {"topk": {}}}
+        pool, base_params("select", strategy="topk", ratio=None, count=1, seed=0)
     )
     assert manifest.loc[manifest["selected"], "uid"].tolist() == ["p1"]
     assert manifest["percentile"].max() < 1.0 and len(manifest) == 3

@@ -11,7 +11,7 @@ from PIL import Image
 
 from alchemist_kedro.pipelines.select import nodes
 from alchemist_kedro.schemas import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
-from alchemist_kedro.selection.datasets import NpyDataset, ScoreTableDataset, TarShardsDataset
+from alchemist_kedro.datasets.selection import NpyDataset, ScoreTableDataset, TarShardsDataset
 
 PARAMS = {
     "scorer": "rater",
@@ -144,7 +144,8 @@ def test_contact_sheet_loads_only_partitions_with_shown_samples(manifest, corpus
     loaded = []
     spy = {k: (lambda k=k, f=f: loaded.append(k) or f()) for k, f in corpus["images"].items()}
     nodes.plot_contact_sheets(manifest, corpus["index"], spy, {**PARAMS, "contact_sheet": {"bands": [[0, 0.01]],
-                                                                                            "per_band": 1}})
+                                                                                            "per_band": 1,
+                                                                                            "caption_chars": 40}})
     assert len(loaded) == 1
 
 

@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from tests.conf_values import base_params
+
 TOKENS, TOKEN_DIM = 4, 32
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 30)]
 
@@ -43,12 +45,13 @@ def manifest(n_pool=32, selected_every=1):
 
 
 def t2i_params(tmp_path, epochs=1.0):
-    return {
-        "threads": 1,
-        "checkpoint_dir": str(tmp_path / "t2i_ckpt"),
-        "model": {"resolution": 16, "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "norm_num_groups": 8,
-                  "cross_attention_dim": TOKEN_DIM, "attention_heads": 2, "sample_steps": 3, "guidance_scale": 2.0},
-        "training": {"epochs": epochs, "batch_size": 8, "checkpoint_every": 2, "lr_warmup_steps": 1},
-        "grid": {"uids": None, "count": 4, "columns": 2},
-    }
+    return base_params(
+        "train_t2i",
+        threads=1,
+        checkpoint_dir=str(tmp_path / "t2i_ckpt"),
+        model={"resolution": 16, "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+               "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "norm_num_groups": 8,
+               "cross_attention_dim": TOKEN_DIM, "attention_heads": 2, "sample_steps": 3, "guidance_scale": 2.0},
+        training={"epochs": epochs, "batch_size": 8, "checkpoint_every": 2, "lr_warmup_steps": 1},
+        grid={"uids": None, "count": 4, "columns": 2},
+    )

@@ -9,21 +9,24 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import textwrap
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 
 from alchemist_kedro.evaluation import summarise_over_seeds
+from alchemist_kedro.evaluation.downstream import (
+    build_image_encoder,
+    evaluate_generated,
+    load_test_split,
+    real_test_features,
+)
 from alchemist_kedro.models.alignment import alignment_from_artifact
 from alchemist_kedro.models.proxy import generator_for
-from alchemist_kedro.models.t2i import t2i_from_artifact, to_uint8_images
-from alchemist_kedro.pipelines.evaluate.nodes import build_image_encoder, evaluate_generated, real_test_features
-from alchemist_kedro.pipelines.rater.nodes import _concat
-from alchemist_kedro.pipelines.select.nodes import select_from_scores
-from alchemist_kedro.pipelines.train_t2i.nodes import build_t2i_inputs, join_split, train_t2i_model
+from alchemist_kedro.models.t2i import to_uint8_images
+from alchemist_kedro.reporting.plots import compare_grid_figure, compare_summary_plot
+from alchemist_kedro.selection.manifest import select_from_scores
+from alchemist_kedro.tables import concat_partitions
+from alchemist_kedro.training.downstream import build_t2i_inputs, train_downstream
 
 logger = logging.getLogger(__name__)
 METRICS = ["fd_onsfw", "alignment", "alignment_ceiling", "train_seconds"]
@@ -68,29 +71,26 @@ def run_arm(arm_name: str, score_tables: dict, sample_index, samples: dict, feat
     if arm_name not in preset["arms"]:
         return {"rows": [], "grid": None}
     arm = compare["arms"][arm_name]
-    index = _concat(sample_index, ["uid", "split"]) if isinstance(sample_index, dict) else sample_index
+    index = concat_partitions(sample_index, ["uid", "split"])
     scores = arm_score_table(arm, score_tables, index)
     train_params = deep_merge(train_params, preset.get("train_t2i"))
     evaluate_params = deep_merge(evaluate_params, preset.get("evaluate"))
-    torch.set_num_threads(int(train_params.get("threads", 2)))
+    torch.set_num_threads(int(train_params["threads"]))
     alignment = alignment_from_artifact(alignment_model)
     encoder = build_image_encoder(evaluate_params)
     test = None
     rows, grid = [], None
     for seed in preset["seeds"]:
         select_params = {"strategy": arm["strategy"], "ratio": arm.get("ratio"), "count": arm.get("count"),
-                         "seed": int(seed), "scorer": arm.get("scorer") or "none",
+                         "seed": int(seed), "allow_fewer": False,
                          "strategies": {arm["strategy"]: arm.get("params") or {}}}
-        manifest = select_from_scores(scores, select_params)
+        manifest = select_from_scores(scores, select_params, scorer=arm.get("scorer") or "none")
         params = deep_merge(train_params, {"training": {"seed": int(seed)}})
         inputs = build_t2i_inputs(manifest, samples, features, params)
-        artifact, _, summary, figure = train_t2i_model(inputs, params)
-        plt.close(figure)
-        model = t2i_from_artifact(artifact)
+        result, _, _, summary = train_downstream(inputs, params)
+        model = result.model
         if test is None:
-            test = join_split(samples, features, model.config.resolution, split="test")
-            limit = evaluate_params.get("max_test_samples")
-            test = {k: (v[: int(limit)] if limit and k != "missing_features" else v) for k, v in test.items()}
+            test = load_test_split(samples, features, model.config.resolution, evaluate_params["max_test_samples"])
             real_features = real_test_features(test, encoder, evaluate_params)  # the same for every seed
         metrics = evaluate_generated(model, test, alignment, encoder, {**evaluate_params, "seed": int(seed)},
                                      real_features=real_features)
@@ -130,44 +130,4 @@ def comparison_report(compare: dict, *arm_results: dict):
          "metrics": {k: float(row[k]) for k in runs.columns if k not in ("arm", "seed", "strategy", "scorer", "family")}}
         for _, row in runs.iterrows()
     ]
-    return runs, summary, metrics, child_runs, _summary_plot(summary), _grid_figure(arm_results, order)
-
-
-def _summary_plot(summary: pd.DataFrame):
-    panels = [("fd_onsfw", "fd_onsfw (lower is better)"), ("alignment", "alignment (higher is better)"),
-              ("train_seconds", "training time (s)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
-    x = np.arange(len(summary))
-    for ax, (metric, title) in zip(axes, panels):
-        err = np.nan_to_num(summary[f"{metric}_ci95"].to_numpy(dtype=float))
-        ax.bar(x, summary[f"{metric}_mean"], yerr=err, capsize=4, color="tab:blue", alpha=0.8)
-        if metric == "alignment":
-            ax.axhline(summary["alignment_ceiling_mean"].mean(), color="grey", ls="--", label="real test pairs")
-            ax.legend(fontsize=7)
-        ax.set_xticks(x, summary["arm"], rotation=45, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(f"mean ± 95% CI over seeds (n = {int(summary['n_seeds'].max())})", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _grid_figure(arm_results, order):
-    """Row 0: the real test images of the fixed captions; then one row of seed-0 samples per arm."""
-    grids = {r["rows"][0]["arm"]: r["grid"] for r in arm_results if r["rows"] and r["grid"]}
-    arms = [a for a in order if a in grids]
-    first = grids[arms[0]]
-    rows = [("real", first.get("real") or [])] + [(arm, grids[arm]["images"]) for arm in arms]
-    columns = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.5 * columns, 1.5 * len(rows) + 0.9), squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c in range(columns):
-            ax = axes[r, c]
-            ax.axis("off")
-            if c < len(images):
-                ax.imshow(images[c], interpolation="nearest")
-            if r == 0 and c < len(first["captions"]):
-                # Emoji captions share their opening words ("an emoji of a ..."): show where they differ.
-                ax.set_title(textwrap.fill(first["captions"][c].removeprefix("an emoji of ")[:40], 16), fontsize=6)
-        axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
-    fig.suptitle("real test images (top) and seed-0 samples for their captions, one row per arm", fontsize=9)
-    return fig
+    return runs, summary, metrics, child_runs, compare_summary_plot(summary), compare_grid_figure(arm_results, order)

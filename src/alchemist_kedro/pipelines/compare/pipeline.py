@@ -9,7 +9,7 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Node, Pipeline
 
 from alchemist_kedro.pipelines.compare.nodes import comparison_report, run_arm
-from alchemist_kedro.pipelines.evaluate.pipeline import fit_alignment_node
+from alchemist_kedro.pipelines.shared_nodes import fit_alignment_node
 
 ARMS = ("full", "random", "clarity", "clarity_band", "frequency", "frequency_band", "edge_density", "edge_density_band",
         "alignment", "nsfw", "aesthetic", "alchemist", "topk", "gsample", "no_group_mlp", "alchemist_eq6",

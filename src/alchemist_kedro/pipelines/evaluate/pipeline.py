@@ -1,18 +1,8 @@
 """t2i_model + test split → generated images → fd_onsfw, alignment (ceiling: real test pairs)."""
 from kedro.pipeline import Node, Pipeline
 
-from alchemist_kedro.pipelines.evaluate.nodes import build_test_set, evaluate_t2i, fit_alignment_on_val
-
-
-def fit_alignment_node() -> Node:
-    """The one node that writes `alignment_model`, shared by every pipeline that needs the model.
-
-    The heuristics pipeline (alignment_minilm_onsfw scorer) includes it too. Kedro's `Pipeline.__add__` dedupes
-    nodes equal by (name, inputs, outputs), so a run combining both pipelines fits the model once; two nodes that
-    differed in any of those would both claim the output and the combination would fail to build.
-    """
-    return Node(fit_alignment_on_val, ["select_samples_index", "features", "params:evaluate"], "alignment_model",
-                name="fit_alignment_model")
+from alchemist_kedro.pipelines.evaluate.nodes import build_test_set, evaluate_t2i
+from alchemist_kedro.pipelines.shared_nodes import fit_alignment_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:

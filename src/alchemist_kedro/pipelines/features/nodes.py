@@ -35,7 +35,7 @@ def build_encoders(params: dict[str, Any]) -> tuple[ImageEncoder, TextEncoder, i
             raise ValueError(f"features: parameters need `{key}: {{name: ..., ...}}`, got {params.get(key)!r}")
     image_config = dict(params["image_encoder"])
     text_config = dict(params["text_encoder"])
-    max_tokens = int(text_config.get("max_tokens", 16))
+    max_tokens = int(text_config["max_tokens"])
     image_encoder = get_image_encoder(image_config.pop("name"), **image_config)
     text_encoder = get_text_encoder(text_config.pop("name"), **text_config)
     return image_encoder, text_encoder, max_tokens
@@ -144,7 +144,7 @@ def compute_features(
         del table
     image_encoder, text_encoder, max_tokens = build_encoders(params)
     fingerprint = features_fingerprint(image_encoder, text_encoder, max_tokens)
-    chunk_size = int(params.get("chunk_size", 64))
+    chunk_size = int(params["chunk_size"])
 
     to_compute: dict[str, Callable[[], pd.DataFrame]] = {}
     reused: list[str] = []

@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from alchemist_kedro.reporting.plots import correlation_figure, raw_score_histogram
 from alchemist_kedro.scorers import ScoreBatch, Scorer, build_score_table, get_scorer, scorer_class
 from alchemist_kedro.scorers.base import accepted_params
 from alchemist_kedro.scorers.decode import decode_images
+from alchemist_kedro.tables import feature_matrix, load_partition
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ FEATURE_SCORER_ARTIFACTS = {"alignment_minilm_onsfw": "alignment_model"}
 
 def configured_scorers(params: dict[str, Any]) -> list[str]:
     """`heuristics.scorers`, checked: not empty, no name twice, every name registered."""
-    names = list(params.get("scorers") or [])
+    names = list(params["scorers"] or [])
     if not names:
         raise ValueError("heuristics.scorers is empty: list at least one scorer (e.g. clarity)")
     if len(set(names)) != len(names):
@@ -66,7 +68,7 @@ def build_scorers(params: dict[str, Any]) -> list[Scorer]:
     Feature scorers in the list are skipped here: they are built by `score_feature_scorers` from their model.
     """
     names = image_scorer_names(params)
-    per_scorer = params.get("scorer_params") or {}
+    per_scorer = params["scorer_params"] or {}
     unknown = set(per_scorer) - set(configured_scorers(params))
     if unknown:
         logger.info("heuristics.scorer_params has settings for scorers not in heuristics.scorers: %s", sorted(unknown))
@@ -171,7 +173,7 @@ def score_shards(
     check); existing_raw_scores: raw-score partitions already on disk ({} on a first run).
     Returns (partitions to write, {scorer: version}).
     """
-    _set_threads(params.get("threads"))
+    _set_threads(params["threads"])
     scorers = build_scorers(params)
     if not scorers:
         # The image branch's outputs (raw-score partitions, their ranking) need at least one scorer to exist; an
@@ -179,7 +181,7 @@ def score_shards(
         raise ValueError(
             "heuristics.scorers lists only feature scorers; keep at least one image scorer (e.g. clarity) with them"
         )
-    batch_size = int(params.get("batch_size", 256))
+    batch_size = int(params["batch_size"])
     if batch_size < 1:
         raise ValueError(f"heuristics.batch_size must be >= 1, got {batch_size}")
     versions = {scorer.name: scorer.version for scorer in scorers}
@@ -295,23 +297,13 @@ def plot_histograms(
 ) -> dict[str, Figure]:
     """One histogram figure per configured scorer (`<scorer>.png`), of its raw score."""
     tables = _configured_tables(params, score_tables, feature_score_tables)
-    bins = int((params.get("report") or {}).get("histogram_bins", 50))
-    figures = {}
-    for name in params["scorers"]:
-        table = tables[name]
-        raw = table["raw_score"].to_numpy(dtype=np.float64)
-        finite = raw[np.isfinite(raw)]
-        # Figure, not pyplot: no global figure registry to leak into (nodes may run in threads).
-        figure = Figure(figsize=(5, 3.5), dpi=100)
-        axis = figure.subplots()
-        axis.hist(finite, bins=bins, color="tab:blue")
-        orientation = "higher = better" if scorer_class(name).higher_is_better else "lower = better"
-        axis.set_title(f"{name} ({orientation}); n={len(finite)}, NaN={len(raw) - len(finite)}", fontsize=9)
-        axis.set_xlabel(f"raw {name}  [{table['scorer_version'].iloc[0]}]", fontsize=8)
-        axis.set_ylabel("samples")
-        figure.tight_layout()
-        figures[f"{name}.png"] = figure
-    return figures
+    bins = int(params["report"]["histogram_bins"])
+    return {
+        f"{name}.png": raw_score_histogram(tables[name]["raw_score"].to_numpy(dtype=np.float64), name,
+                                           scorer_class(name).higher_is_better,
+                                           str(tables[name]["scorer_version"].iloc[0]), bins)
+        for name in params["scorers"]
+    }
 
 
 def spearman_matrix(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -330,34 +322,14 @@ def plot_correlation(
     `correlation.include` (e.g. `rater` = data/07_model_output/rater_scores.parquet) that exist; absent ones are
     logged and skipped, so the heuristics pipeline runs before or without the rater."""
     tables = _configured_tables(params, score_tables, feature_score_tables)  # in the configured order
-    include = list((params.get("correlation") or {}).get("include") or [])
+    include = list(params["correlation"]["include"] or [])
     for name in include:
         if name in other_score_tables:
             tables[name] = other_score_tables[name]
         else:
             logger.info("heuristics: no %s_scores table yet; correlation without it", name)
     matrix = spearman_matrix(tables)
-    names = list(matrix.columns)
-    figure = Figure(figsize=(1.2 * len(names) + 2.5, 1.2 * len(names) + 1.5), dpi=100)
-    axis = figure.subplots()
-    image = axis.imshow(matrix.to_numpy(), vmin=-1, vmax=1, cmap="coolwarm")
-    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axis.set_yticks(range(len(names)), names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            value = matrix.iat[i, j]
-            axis.text(j, i, "nan" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8)
-    figure.colorbar(image, ax=axis, fraction=0.046)
-    axis.set_title("Spearman rho of scores (oriented: higher = better)", fontsize=9)
-    figure.tight_layout()
-    return figure, matrix.rename_axis("scorer").reset_index()
-
-
-def _shard_features(frame: pd.DataFrame) -> np.ndarray:
-    """(N, F) float32 image_emb ⊕ text_emb of a FEATURE_SCHEMA frame (the layout ScoreBatch.features documents)."""
-    image = np.stack([np.asarray(value, dtype=np.float32) for value in frame["image_emb"]])
-    text = np.stack([np.asarray(value, dtype=np.float32) for value in frame["text_emb"]])
-    return np.concatenate([image, text], axis=1)
+    return correlation_figure(matrix), matrix.rename_axis("scorer").reset_index()
 
 
 def score_feature_scorers(
@@ -372,9 +344,9 @@ def score_feature_scorers(
     names = feature_scorer_names(params)
     if not names:
         return {}
-    _set_threads(params.get("threads"))
+    _set_threads(params["threads"])
     artifacts = {"alignment_model": alignment_model}
-    per_scorer = params.get("scorer_params") or {}
+    per_scorer = params["scorer_params"] or {}
     scorers = []
     for name in names:
         if name not in FEATURE_SCORER_ARTIFACTS:
@@ -390,10 +362,10 @@ def score_feature_scorers(
     uids: list[str] = []
     raw: dict[str, list[np.ndarray]] = {scorer.name: [] for scorer in scorers}
     for shard in sorted(features):  # one shard in memory at a time
-        frame = features[shard]() if callable(features[shard]) else features[shard]
+        frame = load_partition(features[shard])
         if not len(frame):
             continue
-        batch = ScoreBatch(uids=frame["uid"].astype(str).tolist(), features=_shard_features(frame))
+        batch = ScoreBatch(uids=frame["uid"].astype(str).tolist(), features=feature_matrix(frame))
         uids.extend(batch.uids)
         for scorer in scorers:
             values = np.asarray(scorer.score_batch(batch), dtype=np.float64)

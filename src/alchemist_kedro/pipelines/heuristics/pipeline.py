@@ -8,7 +8,7 @@ conditional nodes, and the fit on the val split costs seconds.
 """
 from kedro.pipeline import Node, Pipeline
 
-from alchemist_kedro.pipelines.evaluate.pipeline import fit_alignment_node
+from alchemist_kedro.pipelines.shared_nodes import fit_alignment_node
 from alchemist_kedro.pipelines.heuristics.nodes import (
     plot_correlation,
     plot_histograms,

@@ -17,19 +17,15 @@ import matplotlib.pyplot as plt
 from alchemist_kedro.schemas import LEDGER_STATUSES
 from alchemist_kedro.scorers import build_score_table, get_scorer
 from alchemist_kedro.scorers.base import ScoreBatch
-from alchemist_kedro.selection import plots
+from alchemist_kedro.reporting import plots
 from alchemist_kedro.selection.datacomp import uid_subset_array
 from alchemist_kedro.selection.shards import img2dataset_tar
-from alchemist_kedro.selection.strategies import Ranking, resolve_k, select_indices
+from alchemist_kedro.selection.manifest import select_from_scores, strategy_params
+from alchemist_kedro.tables import feature_matrix, load_partition
 
 logger = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["uid", "source", "location", "split", "defect"]
-
-
-def strategy_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The knobs of the configured strategy (``select.strategies.<name>``), as passed to it."""
-    return dict((params.get("strategies") or {}).get(params["strategy"]) or {})
 
 
 def pool_scores(scores: pd.DataFrame, sample_index: pd.DataFrame, *_upstream: Any) -> pd.DataFrame:
@@ -50,44 +46,9 @@ def pool_scores(scores: pd.DataFrame, sample_index: pd.DataFrame, *_upstream: An
     return scores[keep].reset_index(drop=True)
 
 
-def select_from_scores(scores: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Manifest: one row per scored uid with score, percentile (0 = best), selected, strategy, params (JSON), seed."""
-    if scores["uid"].duplicated().any():
-        raise ValueError("score table has duplicate uids: one score per sample is required")
-    ranking = Ranking(scores["score"].to_numpy(dtype=np.float64), uids=scores["uid"].array)
-    k = resolve_k(ranking.n, params.get("ratio"), params.get("count"))
-    knobs = strategy_params(params)
-    picked = select_indices(ranking, params["strategy"], k, seed=int(params["seed"]),
-                            allow_fewer=bool(params.get("allow_fewer", False)), **knobs)
-    selected = np.zeros(ranking.n, dtype=bool)
-    selected[picked] = True
-    logger.info("select: %s picked %d of %d (k = %d)", params["strategy"], selected.sum(), ranking.n, k)
-    return pd.DataFrame(
-        {
-            "uid": scores["uid"].astype(str).to_numpy(),
-            "score": ranking.scores,
-            "percentile": ranking.percentiles(),
-            "selected": selected,
-            "strategy": params["strategy"],
-            "params": json.dumps(knobs, sort_keys=True),
-            "seed": int(params["seed"]),
-            "scorer": str(params.get("scorer", "")),
-        }
-    )
-
-
-def _feature_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """(N, F) float32: image_emb ⊕ text_emb, the rater's input (FEATURE_SCHEMA)."""
-    if not len(frame):
-        return np.zeros((0, 0), dtype=np.float32)
-    image = np.stack(frame["image_emb"].map(lambda v: np.asarray(v, np.float32)).to_list())
-    text = np.stack(frame["text_emb"].map(lambda v: np.asarray(v, np.float32)).to_list())
-    return np.concatenate([image, text], axis=1)
-
-
 def _score_shard(load_features: Callable[[], pd.DataFrame], scorer, group_batch_size: int) -> pd.DataFrame:
     frame = load_features()
-    features = _feature_matrix(frame)
+    features = feature_matrix(frame)
     uids = frame["uid"].astype(str).tolist()
     raw = scorer.score_batch(ScoreBatch(uids=uids, features=features)) if len(uids) else np.zeros(0)
     return pd.DataFrame(
@@ -109,14 +70,13 @@ def score_shards_with_rater(
     A shard already scored by the same rater version (a hash of its weights and config) over the same uids is
     skipped: re-running after a crash, or after adding shards, scores only what is new. Memory holds one shard.
     """
-    scorer = get_scorer("rater", artifact=rater_model, batch_size=int(params.get("batch_size", 4096)))
-    group_batch_size = int(params.get("group_batch_size", 16))
+    scorer = get_scorer("rater", artifact=rater_model, batch_size=int(params["batch_size"]))
+    group_batch_size = int(params["group_batch_size"])
     todo: dict[str, Callable[[], pd.DataFrame]] = {}
     for shard, load_features in sorted(features.items()):
         if shard in existing_scores:
-            stored = existing_scores[shard]
             # IncrementalDataset (what the catalog uses, for the empty first run) hands frames, not loaders.
-            stored = stored() if callable(stored) else stored
+            stored = load_partition(existing_scores[shard])
             if len(stored) and (stored["scorer_version"] == scorer.version).all():
                 if set(stored["uid"]) == set(load_features()["uid"].astype(str)):
                     continue
@@ -260,8 +220,8 @@ def selection_metrics(manifest: pd.DataFrame, sample_index: pd.DataFrame) -> dic
 
 def plot_score_histogram(manifest: pd.DataFrame, params: dict[str, Any]) -> plt.Figure:
     """Score histogram with the selected region overlaid."""
-    title = f"{params.get('scorer', '')} scores: {params['strategy']} {strategy_params(params)}, k={manifest['selected'].sum():,}"
-    return plots.score_histogram(manifest, bins=int(params.get("histogram_bins", 100)), title=title)
+    title = f"{manifest['scorer'].iloc[0] if len(manifest) else ''} scores: {params['strategy']} {strategy_params(params)}, k={manifest['selected'].sum():,}"
+    return plots.score_histogram(manifest, bins=int(params["histogram_bins"]), title=title)
 
 
 def plot_training_dynamics(trace: pd.DataFrame, manifest: pd.DataFrame) -> plt.Figure:
@@ -281,11 +241,11 @@ def plot_contact_sheets(
 
     Only the partitions holding the shown samples are loaded, and only their image/caption columns.
     """
-    sheet = params.get("contact_sheet") or {}
-    per_band = int(sheet.get("per_band", 8))
+    sheet = params["contact_sheet"]
+    per_band = int(sheet["per_band"])
     rng = np.random.default_rng(int(params["seed"]))
     shown: list[tuple[str, pd.DataFrame]] = []
-    for lo, hi in sheet.get("bands", [[0.0, 0.05], [0.45, 0.55], [0.95, 1.0]]):
+    for lo, hi in sheet["bands"]:
         in_band = manifest[(manifest["percentile"] >= lo) & (manifest["percentile"] <= hi)]
         rows = in_band.iloc[np.sort(rng.choice(len(in_band), size=min(per_band, len(in_band)), replace=False))]
         shown.append((f"percentile {lo:.0%}–{hi:.0%}", rows.sort_values("percentile")))
@@ -296,7 +256,7 @@ def plot_contact_sheets(
         images.append(part.loc[part["uid"].isin(wanted["uid"]), ["uid", "caption", "image"]])
     image_table = pd.concat(images, ignore_index=True) if images else pd.DataFrame(columns=["uid", "caption", "image"])
     bands = [(label, rows.merge(image_table, on="uid", how="inner")) for label, rows in shown]
-    return plots.contact_sheet(bands, caption_chars=int(sheet.get("caption_chars", 60)))
+    return plots.contact_sheet(bands, caption_chars=int(sheet["caption_chars"]))
 
 
 def selected_shards(
@@ -307,7 +267,7 @@ def selected_shards(
 ) -> dict[str, Callable[[], bytes]]:
     """Webdataset tars (img2dataset layout) of the selected subset, one per sample partition that has any; lazy,
     so one shard is in memory at a time. Empty unless ``write_shards`` is on."""
-    if not params.get("write_shards", False):
+    if not params["write_shards"]:
         return {}
     chosen = set(manifest.loc[manifest["selected"], "uid"])
     partitions = sorted(sample_index.loc[sample_index["uid"].isin(chosen), "partition"].unique())

@@ -14,7 +14,7 @@ from kedro.io.core import get_filepath_str, get_protocol_and_path
 class ScoreTableDataset(AbstractDataset[None, pd.DataFrame]):
     """Read-only: the SCORE_SCHEMA table of the scorer named in conf.
 
-    ``scorer: ${runtime_params:select.scorer, rater}`` in the catalog makes ``--params select.scorer=clarity`` pick
+    ``scorer: ${runtime_params:select.scorer, ${globals:select_scorer}}`` in the catalog makes ``--params select.scorer=clarity`` pick
     ``<scores_dir>/clarity.parquet`` (the heuristics' layout); ``rater`` reads ``rater_filepath``.
     """
 
@@ -24,11 +24,14 @@ class ScoreTableDataset(AbstractDataset[None, pd.DataFrame]):
         self._load_args = load_args or {}
 
     def load(self) -> pd.DataFrame:
+        """The table, its `scorer` column set to the name it was asked for: the one name the manifest carries."""
         if not Path(self._filepath).exists():
             raise DatasetError(
                 f"no score table for scorer {self._scorer!r} at {self._filepath}: run its scoring pipeline first"
             )
-        return pd.read_parquet(self._filepath, **self._load_args)
+        table = pd.read_parquet(self._filepath, **self._load_args)
+        table["scorer"] = self._scorer
+        return table
 
     def save(self, data: None) -> None:
         raise DatasetError("ScoreTableDataset is read-only: scorers write their own tables")
