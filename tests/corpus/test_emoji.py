@@ -11,10 +11,10 @@ import pytest
 import webdataset as wds
 
 from alchemist_kedro.corpus import emoji
-from alchemist_kedro.corpus.defects import DEFECT_KINDS
+from alchemist_kedro.corpus.defects import CAPTION_KINDS, DEFECT_KINDS, DEFECT_SIDES, DUPLICATE_KINDS
 from alchemist_kedro.corpus.emoji import CorpusSettings, build_corpus, caption_for, defect_counts, fetch_package
 
-from .conftest import N_USABLE_EMOJI
+from .conftest import N_USABLE_EMOJI, SUBCATEGORIES
 
 
 def read_split(wds_dir: Path, split: str) -> list[dict]:
@@ -100,9 +100,11 @@ def test_defect_counts_follow_the_default_share(default_corpus):
     _, manifest, samples = default_corpus
     tally = Counter(s["meta"]["defect"] for s in samples["pool"] if s["meta"]["defect"])
     n_clean = manifest["pool_clean"]
-    assert sum(tally.values()) == round(0.35 * n_clean)
-    assert max(tally.values()) - min(tally.get(kind, 0) for kind in DEFECT_KINDS) <= 1
+    assert sum(tally.values()) == round(0.5 * n_clean) == manifest["defect_rows"]
     assert dict(tally) == {kind: count for kind, count in manifest["defects"].items() if count}
+    sides = Counter(DEFECT_SIDES[kind] for kind in tally.elements())
+    assert manifest["defect_sides"] == {side: sides.get(side, 0) for side in ("image", "caption", "duplicate")}
+    assert manifest["caption_side_share"] == round(sides["caption"] / sum(tally.values()), 4)
 
 
 def test_defect_counts_follow_per_kind_weights(fake_package, tmp_path):
@@ -117,9 +119,60 @@ def test_defect_counts_follow_per_kind_weights(fake_package, tmp_path):
 
 def test_defect_count_allocation_sums_to_the_share():
     counts = defect_counts(1516, CorpusSettings())
-    assert sum(counts.values()) == round(0.35 * 1516)
-    assert set(counts.values()) <= {53, 54}
+    assert sum(counts.values()) == round(0.5 * 1516)
+    caption = sum(counts[kind] for kind in CAPTION_KINDS)
+    assert abs(caption / sum(counts.values()) - 1 / 3) < 0.01
+    assert max(counts.values()) - min(counts.values()) <= 4
     assert sum(defect_counts(100, CorpusSettings(defect_share=0.0)).values()) == 0
+
+
+def test_duplicate_groups_join_each_copy_and_the_clean_row_it_copies(default_corpus):
+    _, manifest, samples = default_corpus
+    by_group: dict[str, list[dict]] = {}
+    for sample in samples["pool"]:
+        group = sample["meta"]["duplicate_group"]
+        assert (group is not None) == (
+            sample["meta"]["defect"] in DUPLICATE_KINDS or (sample["meta"]["defect"] is None and group is not None)
+        )
+        if group is not None:
+            by_group.setdefault(group, []).append(sample)
+    n_duplicates = sum(manifest["defects"][kind] for kind in DUPLICATE_KINDS)
+    assert n_duplicates > 0 and len(by_group) == manifest["duplicate_groups"]
+    assert sum(len(members) for members in by_group.values()) == manifest["duplicate_group_rows"]
+    for group, members in by_group.items():
+        clean = [m for m in members if m["meta"]["defect"] is None]
+        assert len(clean) == 1 and len(members) >= 2
+        assert group == f"dup-{clean[0]['meta']['emoji_unified']}"
+        assert {m["meta"]["emoji_unified"] for m in members} == {clean[0]["meta"]["emoji_unified"]}
+        for member in members:
+            if member["meta"]["defect"] == "exact_duplicate":
+                assert member["image"] == clean[0]["image"] and member["caption"] == clean[0]["caption"]
+    # Other defects of a duplicated emoji (a blur of it, say) are not duplicates.
+    assert all(s["meta"]["duplicate_group"] is None for split in ("val", "test") for s in samples[split])
+
+
+def test_visually_busy_clean_rows_are_marked_and_counted(default_corpus):
+    _, manifest, samples = default_corpus
+    busy = [s for s in samples["pool"] if s["meta"]["visually_busy"]]
+    assert all(s["meta"]["defect"] is None for s in busy)
+    assert len(busy) == manifest["visually_busy_clean"] > 0
+    # Every flag emoji is in the slice (the fake package puts one in five there), plus the busiest others.
+    is_flag = lambda unified: (int(unified[2:], 16) - 0x600) % len(SUBCATEGORIES) == SUBCATEGORIES.index("country-flag")
+    flags = {s["meta"]["emoji_unified"] for s in samples["pool"] if s["meta"]["defect"] is None
+             and is_flag(s["meta"]["emoji_unified"])}
+    assert flags <= {s["meta"]["emoji_unified"] for s in busy}
+    assert len(busy) > len(flags)
+
+
+def test_defect_settings_do_not_move_val_or_test(fake_package, default_corpus, tmp_path):
+    _, _, samples = default_corpus
+    weights = {kind: 0.0 for kind in DEFECT_KINDS} | {"keyword_spam": 1.0}
+    build_corpus(fake_package, tmp_path, CorpusSettings(defect_share=0.2, defect_weights=weights, shard_size=8))
+    other = read_all(tmp_path / "wds")
+    for split in ("val", "test"):
+        assert [(s["key"], s["image"], s["caption"]) for s in other[split]] == [
+            (s["key"], s["image"], s["caption"]) for s in samples[split]
+        ]
 
 
 def test_defects_are_spread_over_pool_shards(default_corpus):
