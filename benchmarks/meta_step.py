@@ -50,7 +50,7 @@ def main():
 
     def fresh_state(**overrides):
         config = BilevelConfig(**{**base, **overrides, "ul_start": 0.5, "ul_floor": 0.5})  # every term runs
-        state = init_state(data, proxy_config, RaterConfig(feature_dim=1408, **params["model"]), config)
+        state = init_state(data, proxy_config, RaterConfig(feature_dim=1408, text_dim=384, **params["model"]), config)
         for s in range(3):
             warmup_step(state, data.pool.rows(range(s * b, (s + 1) * b)), config, s)
         start_meta_phase(state, config)

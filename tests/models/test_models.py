@@ -2,6 +2,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from tests.conf_values import base_params
 from alchemist_kedro.models.proxy import ProxyT2I, load_vae, per_sample_loss, stable_seed, training_loss
 from alchemist_kedro.models.rater import Rater, RaterConfig, score_with_rater
 from tests.training.synthetic import make_data, tiny_proxy_config
@@ -66,18 +67,18 @@ def test_latent_proxy_loads_a_local_autoencoder(tmp_path):
 
 def test_rater_weights_single_softmax_times_batch_weight():
     torch.manual_seed(0)
-    rater = Rater(RaterConfig(feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True))
+    rater = Rater(RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
     f = torch.randn(5, 10)
     logits, w_inst, w_b, w = rater(f)
     assert torch.allclose(w_inst, torch.softmax(logits, 0))
     assert torch.allclose(w.sum(), w_b) and 0 < float(w_b) < 1
-    no_group = Rater(RaterConfig(feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=False))
+    no_group = Rater(RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=False)))
     assert float(no_group(f)[2]) == 1.0
 
 
 def test_scores_are_batch_independent():
     torch.manual_seed(0)
-    rater = Rater(RaterConfig(feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True))
+    rater = Rater(RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
     f = torch.randn(50, 10) * 3 + 1
     rater.set_standardisation(f)
     full = score_with_rater(rater, f.numpy())

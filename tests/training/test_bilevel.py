@@ -19,7 +19,7 @@ class Killed(Exception):
 @pytest.fixture(scope="module")
 def trained():
     data, defects = make_data(n_pool=256, n_val=64, seed=0)
-    rater_config = RaterConfig(feature_dim=data["pool_features"].shape[1], hidden_dim=64, group_hidden_dim=32, use_group=True)
+    rater_config = RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=64, group_hidden_dim=32, use_group=True))
     config = BilevelConfig(**base_params("rater.training", warmup_steps=40, meta_steps=40, batch_size=32, val_batch_size=16, proxy_lr=1e-3,
                            rater_lr=1e-3, rater_group_lr=1e-4, ul_epoch_steps=8, trace_every=1000, probe_size=4))
     result = train_rater_bilevel(data, tiny_proxy_config(), rater_config, config)
@@ -52,7 +52,7 @@ def test_batch_weight_moves_but_does_not_collapse_or_saturate(trained):
 
 def _small_run(tmp_path=None, on_step=None, mode="eq6", seed=0):
     data, _ = make_data(n_pool=48, n_val=16, seed=1)
-    rater_config = RaterConfig(feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True)
+    rater_config = RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True))
     config = BilevelConfig(**base_params("rater.training", mode=mode, warmup_steps=3, meta_steps=6, batch_size=8, val_batch_size=4, proxy_lr=1e-3,
                            ul_start=0.9, ul_epoch_steps=2, ul_step_per_epoch=0.1, checkpoint_every=2, trace_every=3,
                            probe_size=3, seed=seed))

@@ -34,6 +34,10 @@ class ProxyConfig:
     snr_gamma: float | None  # min-SNR-γ (diffusers train_text_to_image.py); None = plain MSE
     caption_dropout: float  # plain training step only: null caption = zero tokens + zero mask (CFG-ready)
     vae_path: str | None  # local AutoencoderKL folder → latent space; None = pixel space
+    # Also feed the caption's pooled token states (masked mean) through the UNet's class embedding, added to the
+    # timestep embedding of every ResNet block: a global text path besides cross-attention. Off, a small proxy at
+    # this scale learns to ignore its captions (the rater then cannot rank captions: issue 12).
+    pooled_text_conditioning: bool
 
     def __post_init__(self):
         for name in ("block_out_channels", "down_block_types", "up_block_types"):
@@ -74,6 +78,8 @@ class ProxyT2I(nn.Module):
             attention_head_dim=config.attention_heads,
             norm_num_groups=config.norm_num_groups,
             cross_attention_dim=config.cross_attention_dim,
+            **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": config.cross_attention_dim}
+               if config.pooled_text_conditioning else {}),
         )
         self.scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
@@ -93,10 +99,19 @@ class ProxyT2I(nn.Module):
         # The posterior mean, not a sample: a deterministic latent keeps the CRN loss deterministic.
         return self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
 
+    def denoise(self, x_t, timesteps, tokens, mask) -> torch.Tensor:
+        """The UNet's prediction for x_t at `timesteps`, conditioned on the caption's token states."""
+        pooled = None
+        if self.config.pooled_text_conditioning:
+            weights = mask.to(tokens.dtype)[..., None]
+            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # null caption → 0
+        return self.unet(x_t, timesteps, encoder_hidden_states=tokens, encoder_attention_mask=mask,
+                         class_labels=pooled).sample
+
     def loss_at(self, x0, timesteps, noise, tokens, mask) -> torch.Tensor:
         """Per-sample (min-SNR weighted) diffusion loss at given (t, ε) draws; x0 already in model space."""
         x_t = self.scheduler.add_noise(x0, noise, timesteps)
-        pred = self.unet(x_t, timesteps, encoder_hidden_states=tokens, encoder_attention_mask=mask).sample
+        pred = self.denoise(x_t, timesteps, tokens, mask)
         if self.config.prediction_type == "v_prediction":
             target = self.scheduler.get_velocity(x0, noise, timesteps)
         else:

@@ -10,10 +10,15 @@ import torch.nn as nn
 
 @dataclass
 class RaterConfig:
-    feature_dim: int  # image_emb ⊕ text_emb
+    feature_dim: int  # image_emb ⊕ text_emb (from the data)
+    text_dim: int  # the text_emb part, the last text_dim features (from the data)
     hidden_dim: int
     group_hidden_dim: int
     use_group: bool  # False: the ablation without the Group MLP (W_b = 1)
+    # > 0: add a low-rank bilinear image × text term to the instance logit, (U f_image) · (V f_text) / sqrt(rank).
+    # An MLP over the concatenation must learn "does this caption fit this image" from scratch; the bilinear term
+    # is that comparison's natural form (CLIP's score is one), so a caption that belongs elsewhere can be told apart.
+    interaction_rank: int
 
 
 class Rater(nn.Module):
@@ -32,6 +37,13 @@ class Rater(nn.Module):
             nn.GELU(),
             nn.Linear(config.hidden_dim, 1),
         )
+        self.interaction = None
+        if config.interaction_rank > 0:
+            image_dim = d - config.text_dim
+            self.interaction = nn.ModuleDict({
+                "image": nn.Linear(image_dim, config.interaction_rank, bias=False),
+                "text": nn.Linear(config.text_dim, config.interaction_rank, bias=False),
+            })
         self.group_mlp = (
             nn.Sequential(nn.Linear(2 * d, config.group_hidden_dim), nn.GELU(), nn.Linear(config.group_hidden_dim, 1))
             if config.use_group
@@ -47,13 +59,21 @@ class Rater(nn.Module):
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.feature_mean) / self.feature_std
 
+    def _logits(self, f: torch.Tensor) -> torch.Tensor:
+        logits = self.instance_mlp(f).squeeze(-1)
+        if self.interaction is not None:
+            split = f.shape[-1] - self.config.text_dim
+            image, text = self.interaction["image"](f[..., :split]), self.interaction["text"](f[..., split:])
+            logits = logits + (image * text).sum(-1) / self.config.interaction_rank**0.5
+        return logits
+
     def instance_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.instance_mlp(self.standardise(features)).squeeze(-1)
+        return self._logits(self.standardise(features))
 
     def forward(self, features: torch.Tensor):
         """features (B, F) → (logits (B,), instance weights (B,), batch weight (), weights W (B,))."""
         f = self.standardise(features)
-        logits = self.instance_mlp(f).squeeze(-1)
+        logits = self._logits(f)
         # eq. 7: ONE softmax over the raw logits. The official code's softmax(sigmoid(·)) then softmax again
         # leaves weights within ~1% of uniform at batch 32 (method.md), i.e. no selection signal.
         instance_weights = torch.softmax(logits, dim=0)
@@ -80,7 +100,9 @@ def rater_to_artifact(rater: Rater) -> dict:
 
 
 def rater_from_artifact(artifact: dict) -> Rater:
-    rater = Rater(RaterConfig(**artifact["config"]))
+    # Artifacts written before these options existed: no interaction term (text_dim is then unused).
+    config = {"text_dim": 0, "interaction_rank": 0, **artifact["config"]}
+    rater = Rater(RaterConfig(**config))
     rater.load_state_dict(artifact["state_dict"])
     rater.eval()
     return rater

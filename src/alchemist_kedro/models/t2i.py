@@ -86,7 +86,7 @@ class T2IModel(ProxyT2I):
             context_mask = torch.cat([torch.zeros_like(msk), msk]) if guided else msk
             for t in scheduler.timesteps:
                 model_in = torch.cat([x, x]) if guided else x
-                pred = self.unet(model_in, t, encoder_hidden_states=context, encoder_attention_mask=context_mask).sample
+                pred = self.denoise(model_in, t, context, context_mask)
                 if guided:
                     uncond, cond = pred.chunk(2)
                     pred = uncond + scale * (cond - uncond)
@@ -130,7 +130,8 @@ def t2i_to_artifact(model: T2IModel) -> dict:
 
 
 def t2i_from_artifact(artifact: dict, vae=None) -> T2IModel:
-    model = T2IModel(t2i_config_from_dict(dict(artifact["config"])), vae=vae)
+    # Artifacts written before pooled_text_conditioning existed were trained without it.
+    model = T2IModel(t2i_config_from_dict({"pooled_text_conditioning": False, **artifact["config"]}), vae=vae)
     model.unet.load_state_dict(artifact["state_dict"], strict=True)
     return model.eval()
 

@@ -109,6 +109,7 @@ class RaterData:
     pool: Split
     val: Split
     pool_features: torch.Tensor  # (N_pool, F) image_emb ⊕ text_emb
+    text_dim: int = 0  # how many of the F features are text_emb (the last ones)
     missing_features: int = 0  # samples left out for want of features (reported, not an error)
 
     @classmethod
@@ -154,6 +155,7 @@ class RaterTrainingResult:
     history: dict[str, list[dict]]  # metric name → [{"step": s, "value": v}, ...] (kedro-mlflow's layout)
     trace: list[dict]  # per-sample probe rows: step, uid, loss, grad_norm
     theta: ProxyT2I | None = None
+    theta_hat: ProxyT2I | None = None
 
 
 def _batch(num: int, size: int, seed: int, phase: str, step: int) -> np.ndarray:
@@ -186,7 +188,9 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
     rater.set_standardisation(data.pool_features)
     opt_rater = torch.optim.AdamW(
         [
-            {"params": list(rater.instance_mlp.parameters()), "lr": config.rater_lr},
+            {"params": list(rater.instance_mlp.parameters())
+                        + (list(rater.interaction.parameters()) if rater.interaction is not None else []),
+             "lr": config.rater_lr},
             {"params": list(rater.group_mlp.parameters()) if rater.group_mlp is not None else [],
              "lr": config.rater_group_lr, "eps": config.rater_group_eps},
         ],
@@ -383,4 +387,5 @@ def train_rater_bilevel(
 
     state.rater.eval()
     return RaterTrainingResult(rater=state.rater, history=state.history, trace=state.trace,
-                               theta=state.theta if state.theta is not None else state.theta_hat)
+                               theta=state.theta if state.theta is not None else state.theta_hat,
+                               theta_hat=state.theta_hat)

@@ -1,6 +1,8 @@
 """Nodes of the rater pipeline. The model and the loop live in models/ and training/; these only adapt tables."""
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import torch
 
@@ -8,6 +10,9 @@ from alchemist_kedro.models.proxy import ProxyConfig
 from alchemist_kedro.models.rater import RaterConfig, rater_to_artifact
 from alchemist_kedro.tables import decode_pngs, feature_matrix, history_table, join_samples_features, token_arrays
 from alchemist_kedro.training.bilevel import BilevelConfig, RaterData, Split, train_rater_bilevel
+from alchemist_kedro.training.diagnostics import caption_sensitivity
+
+logger = logging.getLogger(__name__)
 
 TRAINING_SPLITS = ("pool", "val")
 
@@ -31,7 +36,8 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
         splits[split] = (Split(decode_pngs(part["image"].tolist(), resolution), tokens, mask, part["uid"].tolist()),
                          part)
     pool, pool_frame = splits["pool"]
-    return RaterData(pool, splits["val"][0], torch.tensor(feature_matrix(pool_frame)), missing_features=missing)
+    return RaterData(pool, splits["val"][0], torch.tensor(feature_matrix(pool_frame)),
+                     text_dim=len(pool_frame["text_emb"].iloc[0]), missing_features=missing)
 
 
 def train_rater(inputs: RaterData, params: dict):
@@ -43,9 +49,20 @@ def train_rater(inputs: RaterData, params: dict):
     """
     torch.set_num_threads(int(params["threads"]))
     proxy_config = ProxyConfig(**params["proxy"])
-    rater_config = RaterConfig(feature_dim=int(inputs.pool_features.shape[1]), **params["model"])
+    rater_config = RaterConfig(feature_dim=int(inputs.pool_features.shape[1]), text_dim=inputs.text_dim,
+                               **params["model"])
     config = BilevelConfig(**params["training"])
     result = train_rater_bilevel(inputs, proxy_config, rater_config, config, checkpoint_dir=params["checkpoint_dir"])
+    final_step = config.warmup_steps + config.meta_steps
+    for name, model in (("theta", result.theta), ("theta_hat", result.theta_hat)):
+        val = inputs.val
+        diagnostics = caption_sensitivity(model, val.images, val.tokens, val.mask, val.uids,
+                                          config.num_loss_timesteps, config.seed)
+        logger.info("rater: %s on val: caption sensitivity %.4f%% (loss own %.5f, shuffled %.5f, null %.5f)", name,
+                    100 * diagnostics["caption_sensitivity"], diagnostics["loss_own"], diagnostics["loss_shuffled"],
+                    diagnostics["loss_null"])
+        for key, value in diagnostics.items():
+            result.history[f"diagnostics/{name}/{key}"] = [{"step": final_step, "value": float(value)}]
     trace = pd.DataFrame(result.trace, columns=["step", "uid", "loss", "grad_norm"])
     # The catalog prefixes the metric names with "rater.".
     return rater_to_artifact(result.rater), dict(result.history), history_table(result.history), trace
