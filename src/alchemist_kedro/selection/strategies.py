@@ -28,10 +28,12 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from alchemist_kedro.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 StrategyFn = Callable[..., np.ndarray]
-STRATEGIES: dict[str, StrategyFn] = {}
+STRATEGIES: Registry[StrategyFn] = Registry("strategy", "strategies")
 
 
 class SelectionError(ValueError):
@@ -40,14 +42,7 @@ class SelectionError(ValueError):
 
 def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
     """Register a strategy function under ``name`` (a new strategy = one function + this decorator)."""
-
-    def decorator(fn: StrategyFn) -> StrategyFn:
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered")
-        STRATEGIES[name] = fn
-        return fn
-
-    return decorator
+    return STRATEGIES.register(name)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -296,10 +291,7 @@ def select_indices(
     **params: Any,
 ) -> np.ndarray:
     """Row indices chosen by ``strategy`` (exactly k, or fewer only with allow_fewer=True and a logged warning)."""
-    try:
-        fn = STRATEGIES[strategy]
-    except KeyError:
-        raise ValueError(f"unknown strategy {strategy!r}; registered: {sorted(STRATEGIES)}") from None
+    fn = STRATEGIES.get(strategy)  # an unknown name raises, listing the registered ones
     rng = np.random.default_rng(seed)
     return np.asarray(fn(ranking, k, rng, allow_fewer=allow_fewer, **params), dtype=np.intp)
 
