@@ -166,8 +166,9 @@ def build_score_table(
 ) -> pd.DataFrame:
     """A SCORE_SCHEMA table: `score` oriented higher = better, rank 0 = best, ties broken by uid.
 
-    Rows whose raw score is NaN (e.g. an image that did not decode) are kept, ranked after every scored row (in uid
-    order among themselves), with NaN `score`; a warning says how many. No row is ever dropped.
+    Rows whose raw score is NaN (the scorer could not score them, e.g. an image that did not decode) are kept, ranked
+    after every scored row (in uid order among themselves), with NaN `score`; a warning says how many. No row is ever
+    dropped. The selection strategies rank them the same way and never select them (selection/strategies.py).
     """
     uid_array = np.asarray(list(uids), dtype=object)
     raw = np.asarray(raw_scores, dtype=np.float64)
