@@ -144,7 +144,12 @@ class Ranking:
     def n_scored(self) -> int:
         """Rows with a score (not NaN): the first n_scored ranks; the only rows a strategy may select."""
         if self._scored is None:
-            self._scored = self.n - int(np.count_nonzero(np.isnan(self.scores)))
+            order = self.order
+            # NaN rows rank last, so a scored last row means there are none: no second pass over a 30M array.
+            if self.n == 0 or not np.isnan(self.scores[order[-1]]):
+                self._scored = self.n
+            else:
+                self._scored = self.n - int(np.count_nonzero(np.isnan(self.scores)))
         return self._scored
 
     @property
@@ -217,11 +222,13 @@ def _gaussian_log_weights(lo_rank: int, hi_rank: int, n: int, mu: float, sigma: 
 @register_strategy("random")
 def random(ranking: Ranking, k: int, rng: np.random.Generator, *, allow_fewer: bool = False) -> np.ndarray:
     """Uniform without replacement over the scored rows (needs no ranking)."""
-    unscored = ranking.n - ranking.n_scored
-    k = _not_enough("random", ranking.n_scored, k, allow_fewer, "scored rows", unscored)
+    scored = np.isnan(ranking.scores)  # not ranking.n_scored: that would sort
+    np.logical_not(scored, out=scored)
+    unscored = ranking.n - int(np.count_nonzero(scored))
+    k = _not_enough("random", ranking.n - unscored, k, allow_fewer, "scored rows", unscored)
     if not unscored:
         return rng.choice(ranking.n, size=k, replace=False)
-    return rng.choice(np.flatnonzero(~np.isnan(ranking.scores)), size=k, replace=False)
+    return rng.choice(np.flatnonzero(scored), size=k, replace=False)
 
 
 @register_strategy("topk")
