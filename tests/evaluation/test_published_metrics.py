@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from alchemist_kedro.evaluation import clip_score, clip_score_metric, inception_fid, inception_fid_metric
+from alchemist_kedro.evaluation.published import clip_score, clip_score_metric, inception_fid, inception_fid_metric
 from tests.evaluation.images import coloured_shapes, pixel_noise
 from tests.tiny_clip import save_tiny_clip
 
@@ -95,3 +95,17 @@ def test_inception_weights_that_need_full_unpickling_are_refused(tmp_path):
     torch.save({"payload": Fraction(1, 3)}, path)  # an arbitrary object: only full unpickling could load it
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         inception_fid_metric(path)
+
+
+def test_no_pipeline_imports_the_published_metrics():
+    # They are for users with local weights; building every pipeline must not import them (nor their dependencies).
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys; import alchemist_kedro.pipelines as p\n"
+            "for m in pkgutil.iter_modules(p.__path__):\n"
+            "    if m.ispkg: importlib.import_module(f'alchemist_kedro.pipelines.{m.name}').create_pipeline()\n"
+            "print('alchemist_kedro.evaluation.published' in sys.modules, 'alchemist_kedro.evaluation.metrics' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True"]

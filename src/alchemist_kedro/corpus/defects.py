@@ -20,6 +20,8 @@ from functools import cached_property, lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from alchemist_kedro.registry import Registry
+
 IMAGE_SIZE = 64
 
 
@@ -460,7 +462,7 @@ def make_colour_inverted(source: CleanSample, pool: Sequence[CleanSample], rng: 
 
 # Order matters: it fixes each kind's random stream and its position in the manifest. New kinds go at the end,
 # so the older kinds keep their streams (and rows) when kinds are added.
-DEFECT_MAKERS: dict[str, DefectMaker] = {
+DEFECT_MAKERS: Registry[DefectMaker] = Registry.of("defect kind", {
     "plain": make_plain,
     "near_blank": make_near_blank,
     "collage": make_collage,
@@ -480,7 +482,7 @@ DEFECT_MAKERS: dict[str, DefectMaker] = {
     "corner_logo": make_corner_logo,
     "tiled_watermark": make_tiled_watermark,
     "colour_inverted": make_colour_inverted,
-}
+})
 
 DEFECT_KINDS: tuple[str, ...] = tuple(DEFECT_MAKERS)
 

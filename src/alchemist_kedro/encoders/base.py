@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from alchemist_kedro.hashing import files_digest, json_digest
+from alchemist_kedro.registry import Registry
 
 
 def weights_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
@@ -149,46 +150,34 @@ class TransformerTextEncoder(TextEncoder):
         return states, mask
 
 
-_IMAGE_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {}
-_TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {}
+IMAGE_ENCODERS: Registry[Callable[..., ImageEncoder]] = Registry("image encoder")
+TEXT_ENCODERS: Registry[Callable[..., TextEncoder]] = Registry("text encoder")
 
 
 def register_image_encoder(name: str) -> Callable:
-    def decorator(factory: Callable[..., ImageEncoder]) -> Callable[..., ImageEncoder]:
-        _IMAGE_ENCODERS[name] = factory
-        return factory
-
-    return decorator
+    return IMAGE_ENCODERS.register(name)
 
 
 def register_text_encoder(name: str) -> Callable:
-    def decorator(factory: Callable[..., TextEncoder]) -> Callable[..., TextEncoder]:
-        _TEXT_ENCODERS[name] = factory
-        return factory
-
-    return decorator
+    return TEXT_ENCODERS.register(name)
 
 
 def image_encoder_names() -> list[str]:
-    return sorted(_IMAGE_ENCODERS)
+    return IMAGE_ENCODERS.names()
 
 
 def text_encoder_names() -> list[str]:
-    return sorted(_TEXT_ENCODERS)
+    return TEXT_ENCODERS.names()
 
 
 def get_image_encoder(name: str, **config: Any) -> ImageEncoder:
     """Build the image encoder registered as `name` with its conf settings (e.g. batch_size, threads, path)."""
-    if name not in _IMAGE_ENCODERS:
-        raise ValueError(f"unknown image encoder {name!r}; registered: {image_encoder_names()}")
-    return _build("image encoder", name, _IMAGE_ENCODERS[name], config)
+    return _build("image encoder", name, IMAGE_ENCODERS.get(name), config)
 
 
 def get_text_encoder(name: str, **config: Any) -> TextEncoder:
     """Build the text encoder registered as `name` with its conf settings (e.g. batch_size, path)."""
-    if name not in _TEXT_ENCODERS:
-        raise ValueError(f"unknown text encoder {name!r}; registered: {text_encoder_names()}")
-    return _build("text encoder", name, _TEXT_ENCODERS[name], config)
+    return _build("text encoder", name, TEXT_ENCODERS.get(name), config)
 
 
 def _build(kind: str, name: str, factory: Callable, config: dict[str, Any]) -> Any:

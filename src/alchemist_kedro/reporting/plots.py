@@ -47,7 +47,11 @@ def contact_sheet(bands: list[tuple[str, pd.DataFrame]], thumb_inches: float = 1
                 ax.axis("off")
                 continue
             sample = rows.iloc[j]
-            ax.imshow(np.asarray(Image.open(io.BytesIO(bytes(sample["image"]))).convert("RGB")))
+            thumbnail = _thumbnail(sample["image"])
+            if thumbnail is None:  # an unscored row's image may not decode: say so rather than stop the report
+                ax.text(0.5, 0.5, "does not\ndecode", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            else:
+                ax.imshow(thumbnail)
             caption = textwrap.shorten(str(sample["caption"]), caption_chars, placeholder="…")
             mark = "✓ " if bool(sample["selected"]) else ""
             ax.set_xlabel(f"{mark}p={sample['percentile']:.3f}\n" + "\n".join(textwrap.wrap(caption, 22)[:3]),
@@ -59,6 +63,14 @@ def contact_sheet(bands: list[tuple[str, pd.DataFrame]], thumb_inches: float = 1
     fig.suptitle("Samples per percentile band (0 = best; orange frame / ✓ = selected)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _thumbnail(data: bytes) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception:  # noqa: BLE001 - any undecodable image gets the placeholder
+        return None
 
 
 def training_dynamics_by_band(trace: pd.DataFrame, percentiles: pd.DataFrame,

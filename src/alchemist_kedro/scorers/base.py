@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from alchemist_kedro.hashing import file_sha256, json_digest, tensors_digest
+from alchemist_kedro.registry import Registry
 from alchemist_kedro.schemas import SCORE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class ArtifactScorer(Scorer):
         return tensors_digest(self.artifact["config"], self.artifact["state_dict"])
 
 
-_REGISTRY: dict[str, type[Scorer]] = {}
+SCORERS: Registry[type[Scorer]] = Registry("scorer")
 
 
 def register_scorer(cls: type[Scorer]) -> type[Scorer]:
@@ -126,21 +127,15 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     unknown = set(cls.needs) - BATCH_INPUTS
     if unknown:
         raise TypeError(f"{cls.__name__}.needs has unknown inputs {sorted(unknown)}; known: {sorted(BATCH_INPUTS)}")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"scorer name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return SCORERS.add(cls.name, cls)
 
 
 def available_scorers() -> list[str]:
-    return sorted(_REGISTRY)
+    return SCORERS.names()
 
 
 def scorer_class(name: str) -> type[Scorer]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown scorer {name!r}; registered scorers: {available_scorers()}") from None
+    return SCORERS.get(name)
 
 
 def get_scorer(name: str, **params: Any) -> Scorer:
@@ -171,8 +166,9 @@ def build_score_table(
 ) -> pd.DataFrame:
     """A SCORE_SCHEMA table: `score` oriented higher = better, rank 0 = best, ties broken by uid.
 
-    Rows whose raw score is NaN (e.g. an image that did not decode) are kept, ranked after every scored row (in uid
-    order among themselves), with NaN `score`; a warning says how many. No row is ever dropped.
+    Rows whose raw score is NaN (the scorer could not score them, e.g. an image that did not decode) are kept, ranked
+    after every scored row (in uid order among themselves), with NaN `score`; a warning says how many. No row is ever
+    dropped. The selection strategies rank them the same way and never select them (selection/strategies.py).
     """
     uid_array = np.asarray(list(uids), dtype=object)
     raw = np.asarray(raw_scores, dtype=np.float64)

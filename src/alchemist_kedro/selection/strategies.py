@@ -9,6 +9,10 @@ Every strategy is one small pure-numpy function registered by name::
 Conventions, shared by all strategies:
 - Sort by (-score, uid), best first; rank r_i (0 = best); percentile p_i = (r_i + 0.5) / N (0 = best).
 - k = round(ratio * N) (half up), or an explicit count.
+- A NaN score means "the scorer could not score this row" (e.g. its image did not decode; scorers.build_score_table
+  warns). Such rows rank after every scored row (in uid order among themselves), count in N, and are never selected:
+  every strategy draws from the scored rows only, so asking for more than there are is the usual "fewer eligible than
+  k" case (SelectionError, or all of them with allow_fewer=True and a warning).
 - Weighted strategies sample exactly k WITHOUT replacement with probability proportional to w_i through Gumbel-top-k
   (Efraimidis-Spirakis), computed on the LOG weights directly so tiny sigmas never underflow to 0.
 
@@ -28,10 +32,12 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from alchemist_kedro.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 StrategyFn = Callable[..., np.ndarray]
-STRATEGIES: dict[str, StrategyFn] = {}
+STRATEGIES: Registry[StrategyFn] = Registry("strategy", "strategies")
 
 
 class SelectionError(ValueError):
@@ -40,14 +46,7 @@ class SelectionError(ValueError):
 
 def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
     """Register a strategy function under ``name`` (a new strategy = one function + this decorator)."""
-
-    def decorator(fn: StrategyFn) -> StrategyFn:
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered")
-        STRATEGIES[name] = fn
-        return fn
-
-    return decorator
+    return STRATEGIES.register(name)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -83,8 +82,14 @@ def rank_order(scores: np.ndarray, uids: Any = None) -> np.ndarray:
     n = scores.size
     if n == 0:
         return np.empty(0, dtype=np.intp)
-    if np.isnan(scores).any():
-        raise ValueError("scores contain NaN: a scorer must write finite scores (or -inf for 'worst')")
+    missing = np.isnan(scores)
+    if missing.any():
+        # Unscored rows last, in uid order (as build_score_table ranks them); the scored rows sorted as usual.
+        scored, unscored = np.flatnonzero(~missing), np.flatnonzero(missing)
+        head = scored[rank_order(scores[scored], None if uids is None else uids[scored])]
+        if uids is not None:
+            unscored = unscored[np.argsort(np.asarray(uids[unscored]).astype(str), kind="stable")]
+        return np.concatenate([head, unscored]).astype(np.int64, copy=False)
     index_bits = max(1, int(n - 1).bit_length())
     shift = np.uint64(index_bits)
     packed = _descending_key(scores)
@@ -129,10 +134,23 @@ class Ranking:
     scores: np.ndarray
     uids: Any = None
     _order: np.ndarray | None = field(default=None, repr=False)
+    _scored: int | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
         return int(self.scores.size)
+
+    @property
+    def n_scored(self) -> int:
+        """Rows with a score (not NaN): the first n_scored ranks; the only rows a strategy may select."""
+        if self._scored is None:
+            order = self.order
+            # NaN rows rank last, so a scored last row means there are none: no second pass over a 30M array.
+            if self.n == 0 or not np.isnan(self.scores[order[-1]]):
+                self._scored = self.n
+            else:
+                self._scored = self.n - int(np.count_nonzero(np.isnan(self.scores)))
+        return self._scored
 
     @property
     def order(self) -> np.ndarray:
@@ -157,10 +175,12 @@ def first_rank_at_or_above(percentile: float, n: int) -> int:
     return r
 
 
-def _not_enough(name: str, eligible: int, k: int, allow_fewer: bool, why: str) -> int:
+def _not_enough(name: str, eligible: int, k: int, allow_fewer: bool, why: str, unscored: int = 0) -> int:
     if eligible >= k:
         return k
     message = f"{name}: only {eligible} items are eligible ({why}) but k = {k} were asked for"
+    if unscored:
+        message += f" ({unscored} rows have no score and are never selected)"
     if not allow_fewer:
         raise SelectionError(message + "; lower the ratio/count or pass allow_fewer=True to take them all")
     logger.warning("%s; allow_fewer=True, so selecting all %d", message, eligible)
@@ -183,11 +203,11 @@ def _gumbel_top_k(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> 
     return np.argpartition(keys, k - 1)[:k]
 
 
-def _gaussian_log_weights(lo_rank: int, n: int, mu: float, sigma: float) -> np.ndarray:
-    """log w over ranks lo_rank..n-1: -(p - mu)^2 / (2 sigma^2), p = (r + 0.5) / n."""
+def _gaussian_log_weights(lo_rank: int, hi_rank: int, n: int, mu: float, sigma: float) -> np.ndarray:
+    """log w over ranks lo_rank..hi_rank-1: -(p - mu)^2 / (2 sigma^2), p = (r + 0.5) / n."""
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    logw = np.arange(lo_rank, n, dtype=np.float64)
+    logw = np.arange(lo_rank, max(lo_rank, hi_rank), dtype=np.float64)
     logw += 0.5
     logw /= n
     logw -= mu
@@ -201,23 +221,29 @@ def _gaussian_log_weights(lo_rank: int, n: int, mu: float, sigma: float) -> np.n
 # --------------------------------------------------------------------------------------------------------------
 @register_strategy("random")
 def random(ranking: Ranking, k: int, rng: np.random.Generator, *, allow_fewer: bool = False) -> np.ndarray:
-    """Uniform without replacement (needs no ranking)."""
-    k = _not_enough("random", ranking.n, k, allow_fewer, "table size")
-    return rng.choice(ranking.n, size=k, replace=False)
+    """Uniform without replacement over the scored rows (needs no ranking)."""
+    scored = np.isnan(ranking.scores)  # not ranking.n_scored: that would sort
+    np.logical_not(scored, out=scored)
+    unscored = ranking.n - int(np.count_nonzero(scored))
+    k = _not_enough("random", ranking.n - unscored, k, allow_fewer, "scored rows", unscored)
+    if not unscored:
+        return rng.choice(ranking.n, size=k, replace=False)
+    return rng.choice(np.flatnonzero(scored), size=k, replace=False)
 
 
 @register_strategy("topk")
 def topk(ranking: Ranking, k: int, rng: np.random.Generator, *, allow_fewer: bool = False) -> np.ndarray:
     """The k best by (-score, uid)."""
-    k = _not_enough("topk", ranking.n, k, allow_fewer, "table size")
+    k = _not_enough("topk", ranking.n_scored, k, allow_fewer, "scored rows", ranking.n - ranking.n_scored)
     return ranking.order[:k].copy()
 
 
 @register_strategy("bottomk")
 def bottomk(ranking: Ranking, k: int, rng: np.random.Generator, *, allow_fewer: bool = False) -> np.ndarray:
-    """The k worst by (-score, uid)."""
-    k = _not_enough("bottomk", ranking.n, k, allow_fewer, "table size")
-    return ranking.order[ranking.n - k :].copy()
+    """The k worst scored rows by (-score, uid)."""
+    scored = ranking.n_scored
+    k = _not_enough("bottomk", scored, k, allow_fewer, "scored rows", ranking.n - scored)
+    return ranking.order[scored - k : scored].copy()
 
 
 @register_strategy("block")
@@ -228,7 +254,8 @@ def block(
     if not 0.0 <= start <= 1.0:
         raise ValueError(f"block start must be in [0, 1], got {start}")
     r0 = first_rank_at_or_above(start, ranking.n)
-    k = _not_enough("block", ranking.n - r0, k, allow_fewer, f"ranks from start={start} to the end")
+    k = _not_enough("block", max(0, ranking.n_scored - r0), k, allow_fewer,
+                    f"scored ranks from start={start} to the end", ranking.n - ranking.n_scored)
     return ranking.order[r0 : r0 + k].copy()
 
 
@@ -261,12 +288,13 @@ def shift_gsample(
     """Paper eq. 11: w_i = 0 for p_i < drop_top, else exp(-(p_i - mu)^2 / 2 sigma^2)."""
     if not 0.0 <= drop_top <= 1.0:
         raise ValueError(f"drop_top must be in [0, 1], got {drop_top}")
-    n = ranking.n
+    n, scored = ranking.n, ranking.n_scored
     lo = first_rank_at_or_above(drop_top, n)
-    k = _not_enough(_name, n - lo, k, allow_fewer, f"w > 0 only for p >= drop_top={drop_top}")
+    k = _not_enough(_name, max(0, scored - lo), k, allow_fewer,
+                    f"w > 0 only for scored rows with p >= drop_top={drop_top}", n - scored)
     # Noise is drawn per rank position, not per row: the rank -> row map is fixed by the data, so this is the same
-    # distribution and spares an inverse permutation of the whole array.
-    picked_ranks = _gumbel_top_k(_gaussian_log_weights(lo, n, mu, sigma), k, rng)
+    # distribution and spares an inverse permutation of the whole array. Unscored rows (ranks >= scored) get no weight.
+    picked_ranks = _gumbel_top_k(_gaussian_log_weights(lo, scored, n, mu, sigma), k, rng)
     picked_ranks += lo
     return ranking.order[picked_ranks]
 
@@ -296,10 +324,7 @@ def select_indices(
     **params: Any,
 ) -> np.ndarray:
     """Row indices chosen by ``strategy`` (exactly k, or fewer only with allow_fewer=True and a logged warning)."""
-    try:
-        fn = STRATEGIES[strategy]
-    except KeyError:
-        raise ValueError(f"unknown strategy {strategy!r}; registered: {sorted(STRATEGIES)}") from None
+    fn = STRATEGIES.get(strategy)  # an unknown name raises, listing the registered ones
     rng = np.random.default_rng(seed)
     return np.asarray(fn(ranking, k, rng, allow_fewer=allow_fewer, **params), dtype=np.intp)
 

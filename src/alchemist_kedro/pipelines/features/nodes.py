@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from alchemist_kedro.encoders import ImageEncoder, TextEncoder, get_image_encoder, get_text_encoder
 from alchemist_kedro.encoders.base import settings_digest
 from alchemist_kedro.schemas import FEATURE_SCHEMA
+from alchemist_kedro.shard_engine import LocalEngine, Part, ShardTask
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,6 @@ def encode_shard(
     return table[FEATURE_SCHEMA.names]
 
 
-def _is_current(cached: pd.DataFrame, uids: set[str], fingerprint: str) -> bool:
-    if not {"uid", "fingerprint"} <= set(cached.columns):
-        return False
-    return bool((cached["fingerprint"] == fingerprint).all()) and set(cached["uid"].astype(str)) == uids
-
-
 def compute_features(
     samples: dict[str, Callable[[], pd.DataFrame]],
     features_cache: dict[str, Callable[[], pd.DataFrame]],
@@ -146,19 +141,21 @@ def compute_features(
     fingerprint = features_fingerprint(image_encoder, text_encoder, max_tokens)
     chunk_size = int(params["chunk_size"])
 
-    to_compute: dict[str, Callable[[], pd.DataFrame]] = {}
-    reused: list[str] = []
-    rows_computed = rows_reused = 0
-    for shard, uids in shard_uids.items():
-        if shard in features_cache and _is_current(features_cache[shard](), uids, fingerprint):
-            reused.append(shard)
-            rows_reused += len(uids)
-            continue
-        rows_computed += len(uids)
-        to_compute[shard] = _lazy_shard(
-            shard, samples[shard], image_encoder, text_encoder, max_tokens, fingerprint, chunk_size
-        )
-    stale = sorted(set(features_cache) - set(samples))
+    # One part: the whole shard, current when every row carries this fingerprint and the uid set is unchanged.
+    engine = LocalEngine()
+    plan = engine.plan(shard_uids, features_cache, {"features": Part("fingerprint", fingerprint, ())},
+                       shard_uids.get, ordered_uids=False)
+
+    def compute(task: ShardTask) -> pd.DataFrame:
+        # Runs when PartitionedDataset saves this partition: one shard's features in memory at a time.
+        return encode_shard(task.shard, samples[task.shard](), image_encoder, text_encoder, max_tokens, fingerprint,
+                            chunk_size)
+
+    to_compute = engine.run(plan, compute)
+    reused = list(plan.reused)
+    rows_computed = sum(len(shard_uids[shard]) for shard in plan.shards)
+    rows_reused = sum(len(shard_uids[shard]) for shard in reused)
+    stale = list(plan.stale)
     if stale:
         logger.warning(
             "features: %d feature shard(s) have no samples shard any more and are left on disk: %s "
@@ -191,10 +188,3 @@ def compute_features(
     }
     return to_compute, {key: {"value": float(value), "step": 0} for key, value in metrics.items()}, report
 
-
-def _lazy_shard(shard, load_samples, image_encoder, text_encoder, max_tokens, fingerprint, chunk_size):
-    # Bound now, run when PartitionedDataset saves this partition: one shard's features in memory at a time.
-    def compute() -> pd.DataFrame:
-        return encode_shard(shard, load_samples(), image_encoder, text_encoder, max_tokens, fingerprint, chunk_size)
-
-    return compute

@@ -24,6 +24,7 @@ from alchemist_kedro.reporting.plots import correlation_figure, raw_score_histog
 from alchemist_kedro.scorers import ScoreBatch, Scorer, build_score_table, get_scorer, scorer_class
 from alchemist_kedro.scorers.base import accepted_params
 from alchemist_kedro.scorers.decode import decode_images
+from alchemist_kedro.shard_engine import LocalEngine, Part, ShardTask
 from alchemist_kedro.tables import feature_matrix, load_partition
 
 logger = logging.getLogger(__name__)
@@ -148,19 +149,6 @@ def score_table_shard(
     return pd.DataFrame(columns)
 
 
-def _reusable_scorers(existing: pd.DataFrame | None, uids: list[str] | None, scorers: list[Scorer]) -> set[str]:
-    """Scorers whose stored raw scores for this shard are still valid (same uids, same version)."""
-    if existing is None or uids is None or existing["uid"].astype(str).tolist() != uids:
-        return set()
-    return {
-        scorer.name
-        for scorer in scorers
-        if scorer.name in existing.columns
-        and version_column(scorer.name) in existing.columns
-        and bool((existing[version_column(scorer.name)] == scorer.version).all())
-    }
-
-
 def score_shards(
     samples: dict[str, Callable[[], pd.DataFrame]],
     sample_uids: dict[str, Callable[[], pd.DataFrame]],
@@ -187,45 +175,46 @@ def score_shards(
     versions = {scorer.name: scorer.version for scorer in scorers}
     logger.info("heuristics: scorers %s", versions)
 
-    plan: dict[str, list[Scorer]] = {}
-    for shard in sorted(samples):
-        uids = sample_uids[shard]()["uid"].astype(str).tolist() if shard in sample_uids else None
-        reusable = _reusable_scorers(existing_raw_scores.get(shard), uids, scorers)
-        to_run = [scorer for scorer in scorers if scorer.name not in reusable]
-        if to_run:
-            plan[shard] = to_run
+    # One part per scorer: its raw column stays valid while its version column holds its version and the shard's
+    # uids are the same, in the same order (kept and new columns are joined by position).
+    engine = LocalEngine()
+    parts = {scorer.name: Part(version_column(scorer.name), scorer.version, (scorer.name,)) for scorer in scorers}
+    by_name = {scorer.name: scorer for scorer in scorers}
+    plan = engine.plan(
+        samples, existing_raw_scores, parts,
+        lambda shard: sample_uids[shard]()["uid"].astype(str).tolist() if shard in sample_uids else None,
+        ordered_uids=True,
+    )
     logger.info(
         "heuristics: %d of %d shards to score, %d already scored by these scorer versions",
-        len(plan), len(samples), len(samples) - len(plan),
+        len(plan.tasks), len(samples), len(samples) - len(plan.tasks),
     )
 
     progress = {"done": 0, "rows": 0, "started": None}
 
-    def make_partition(shard: str, to_run: list[Scorer]) -> Callable[[], pd.DataFrame]:
-        def compute() -> pd.DataFrame:
-            if progress["started"] is None:
-                progress["started"] = time.perf_counter()
-            shard_start = time.perf_counter()
-            scored = score_table_shard(samples[shard](), to_run, batch_size, shard)
-            existing = existing_raw_scores.get(shard)
-            if existing is not None and len(to_run) < len(scorers):
-                # Same uids (checked by _reusable_scorers): keep the still-valid columns of the other scorers.
-                kept = existing.drop(columns=[c for c in scored.columns if c in existing.columns and c != "uid"])
-                scored = kept.reset_index(drop=True).join(scored.drop(columns="uid"))
-            seconds = time.perf_counter() - shard_start
-            progress["done"] += 1
-            progress["rows"] += len(scored)
-            elapsed = time.perf_counter() - progress["started"]
-            logger.info(
-                "heuristics: shard %d/%d %r: %d rows in %.1f s (%.0f rows/s; %s); overall %.0f rows/s",
-                progress["done"], len(plan), shard, len(scored), seconds, len(scored) / max(seconds, 1e-9),
-                ", ".join(s.name for s in to_run), progress["rows"] / max(elapsed, 1e-9),
-            )
-            return scored
+    def compute(task: ShardTask) -> pd.DataFrame:
+        if progress["started"] is None:
+            progress["started"] = time.perf_counter()
+        shard, to_run = task.shard, [by_name[name] for name in task.parts]
+        shard_start = time.perf_counter()
+        scored = score_table_shard(samples[shard](), to_run, batch_size, shard)
+        if task.kept:
+            # Same uids in the same order (the plan checked): keep the still-valid columns of the other scorers.
+            existing = load_partition(existing_raw_scores[shard])
+            kept = existing.drop(columns=[c for c in scored.columns if c in existing.columns and c != "uid"])
+            scored = kept.reset_index(drop=True).join(scored.drop(columns="uid"))
+        seconds = time.perf_counter() - shard_start
+        progress["done"] += 1
+        progress["rows"] += len(scored)
+        elapsed = time.perf_counter() - progress["started"]
+        logger.info(
+            "heuristics: shard %d/%d %r: %d rows in %.1f s (%.0f rows/s; %s); overall %.0f rows/s",
+            progress["done"], len(plan.tasks), shard, len(scored), seconds, len(scored) / max(seconds, 1e-9),
+            ", ".join(s.name for s in to_run), progress["rows"] / max(elapsed, 1e-9),
+        )
+        return scored
 
-        return compute
-
-    return {shard: make_partition(shard, to_run) for shard, to_run in plan.items()}, versions
+    return engine.run(plan, compute), versions
 
 
 def rank_scores(

@@ -21,6 +21,7 @@ from alchemist_kedro.reporting import plots
 from alchemist_kedro.selection.datacomp import uid_subset_array
 from alchemist_kedro.selection.shards import img2dataset_tar
 from alchemist_kedro.selection.manifest import select_from_scores, strategy_params
+from alchemist_kedro.shard_engine import LocalEngine, Part
 from alchemist_kedro.tables import feature_matrix, load_partition
 
 logger = logging.getLogger(__name__)
@@ -72,18 +73,16 @@ def score_shards_with_rater(
     """
     scorer = get_scorer("rater", artifact=rater_model, batch_size=int(params["batch_size"]))
     group_batch_size = int(params["group_batch_size"])
-    todo: dict[str, Callable[[], pd.DataFrame]] = {}
-    for shard, load_features in sorted(features.items()):
-        if shard in existing_scores:
-            # IncrementalDataset (what the catalog uses, for the empty first run) hands frames, not loaders.
-            stored = load_partition(existing_scores[shard])
-            if len(stored) and (stored["scorer_version"] == scorer.version).all():
-                if set(stored["uid"]) == set(load_features()["uid"].astype(str)):
-                    continue
-        todo[shard] = lambda load=load_features: _score_shard(load, scorer, group_batch_size)
-    logger.info("rater scoring (%s): %d shard(s) to score, %d already scored", scorer.version, len(todo),
-                len(features) - len(todo))
-    return todo
+    # IncrementalDataset (what the catalog uses, for the empty first run) hands frames, not loaders: the engine reads
+    # both. A shard's features are read for their uids only when its stored version matches.
+    engine = LocalEngine()
+    plan = engine.plan(
+        features, existing_scores, {"rater": Part("scorer_version", scorer.version, ())},
+        lambda shard: load_partition(features[shard])["uid"].astype(str).tolist(), ordered_uids=False,
+    )
+    logger.info("rater scoring (%s): %d shard(s) to score, %d already scored", scorer.version, len(plan.tasks),
+                len(features) - len(plan.tasks))
+    return engine.run(plan, lambda task: _score_shard(features[task.shard], scorer, group_batch_size))
 
 
 def rank_rater_scores(
