@@ -123,3 +123,13 @@ def test_pixel_cap_is_exact_and_read_from_the_header(limit, reason):
             normalise_image(data, settings)
     assert caught.value.reason == reason
     assert f"max_image_pixels {limit}" in caught.value.detail  # the conf cap fired, not Pillow's 2x guard
+
+
+def test_quarantine_detail_is_the_same_on_every_run():
+    # A rerun must reproduce the quarantine table byte for byte (the fault matrix compares content hashes).
+    details = set()
+    for _ in range(3):
+        with pytest.raises(Quarantined) as caught:
+            normalise_image(b"\x00broken" * 20, SETTINGS)
+        details.add(caught.value.detail)
+    assert len(details) == 1 and "0x" not in details.pop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import threading
 import warnings
@@ -137,7 +138,9 @@ def normalise_image(data: bytes | None, settings: NormaliseSettings) -> Normalis
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise Quarantined("too_large", str(error)) from error
         except UnidentifiedImageError as error:
-            raise Quarantined("decode_error", f"not an image Pillow can open ({error})") from error
+            # Pillow's message names the BytesIO by memory address: drop it, or reruns would differ.
+            message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error))
+            raise Quarantined("decode_error", f"not an image Pillow can open ({message})") from error
         except OSError as error:
             if "truncated" in str(error).lower():
                 raise Quarantined("truncated", str(error)) from error
