@@ -18,6 +18,8 @@ QUARANTINE_REASONS = (
     "too_small",  # shorter side under the configured minimum
     "missing_image",  # a caption/metadata row with no image member
     "unsupported_mode",  # an image mode we cannot convert to RGB
+    "outside_source",  # imagefolder: file_name resolves outside the source folder (.., absolute, symlink out)
+    "bad_metadata",  # imagefolder: a metadata.jsonl line that is not valid JSON or lacks/mistypes a field
 )
 
 # The canonical sample table (03_primary/samples, one parquet partition per shard).
@@ -35,6 +37,8 @@ SAMPLE_SCHEMA = pa.schema(
         ("shard", pa.string()),  # partition key
         # Evaluation-only side column (the embedded corpus's injected defect kind, or null). No scorer reads it.
         ("defect", pa.string()),
+        # Evaluation-only too: rows sharing a value are copies of one image (the corpus's planted duplicates), or null.
+        ("duplicate_group", pa.string()),
     ]
 )
 

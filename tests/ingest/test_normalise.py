@@ -1,6 +1,7 @@
 """Image and caption normalisation on real encoded images, checked on pixel values."""
 import hashlib
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -106,3 +107,29 @@ def test_captions():
     for blank in (b" \t\n", b"", None):
         with pytest.raises(Quarantined, match="empty_caption"):
             decode_caption(blank)
+
+
+@pytest.mark.parametrize(("limit", "reason"), [(60_000, None), (59_999, "too_large"), (40_000, "too_large")],
+                         ids=["at-cap", "one-over", "between-1x-and-2x"])
+def test_pixel_cap_is_exact_and_read_from_the_header(limit, reason):
+    data = image_bytes((300, 200))  # 60 000 pixels
+    settings = NormaliseSettings(max_image_pixels=limit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a caller that silences warnings must not turn the cap into a warning
+        if reason is None:
+            assert normalise_image(data, settings).width == 300
+            return
+        with pytest.raises(Quarantined) as caught:
+            normalise_image(data, settings)
+    assert caught.value.reason == reason
+    assert f"max_image_pixels {limit}" in caught.value.detail  # the conf cap fired, not Pillow's 2x guard
+
+
+def test_quarantine_detail_is_the_same_on_every_run():
+    # A rerun must reproduce the quarantine table byte for byte (the fault matrix compares content hashes).
+    details = set()
+    for _ in range(3):
+        with pytest.raises(Quarantined) as caught:
+            normalise_image(b"\x00broken" * 20, SETTINGS)
+        details.add(caught.value.detail)
+    assert len(details) == 1 and "0x" not in details.pop()

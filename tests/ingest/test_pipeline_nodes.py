@@ -128,3 +128,34 @@ def test_duplicates_do_not_depend_on_call_order(ingested):
     later_first = lazy["web_pool__00001"]()  # before 00000: 00000's uids are read first anyway
     assert later_first.set_index("uid").loc["a_ok", "quarantine_reason"] == "duplicate_uid"
     assert lazy["web_pool__00000"]()["quarantine_reason"].isna().all()
+
+
+def _two_runs_of_img2dataset(root, prefix=None):
+    # Two img2dataset outputs: both number their keys from 000000000.
+    for run, colour in (("run1", (200, 0, 0)), ("run2", (0, 0, 200))):
+        write_tar(root / run / "00000.tar", {
+            k: v for i in range(4) for k, v in wds_sample(f"{i:09d}", f"{run} image {i}", image_bytes(colour=colour)).items()
+        })
+    return ImageTextSources(sources=[
+        {"name": "run1", "format": "webdataset", "path": str(root / "run1"), "split": "pool"},
+        {"name": "run2", "format": "webdataset", "path": str(root / "run2"), "split": "pool",
+         **({"uid_prefix": prefix} if prefix else {})},
+    ]).load()
+
+
+def test_a_source_mostly_repeating_another_sources_uids_stops_with_both_names(tmp_path):
+    lazy = normalise_pairs(_two_runs_of_img2dataset(tmp_path), PARAMS)
+    assert lazy["run1__00000"]()["quarantine_reason"].isna().all()
+    with pytest.raises(ValueError, match=r"4 of the 4 rows .* source 'run2' repeat uids of source 'run1'.*uid_prefix"):
+        lazy["run2__00000"]()
+
+
+def test_uid_prefix_lets_both_sources_in(tmp_path):
+    sources = _two_runs_of_img2dataset(tmp_path, prefix="run2/")
+    ingested = _partitioned(tmp_path / "ingested", save_args={"index": False})
+    ingested.save(normalise_pairs(sources, PARAMS))
+    index = _partitioned(tmp_path / "ingested", load_args={"columns": list(INDEX_COLUMNS)})
+    quarantine, metrics, _ = build_ledger(sources, index.load())
+    assert len(quarantine) == 0 and metrics["samples"]["value"] == 8 == metrics["rows_in"]["value"]
+    run2 = pq.read_table(tmp_path / "ingested" / "run2__00000.parquet").column("uid").to_pylist()
+    assert run2 == [f"run2/{i:09d}" for i in range(4)]

@@ -143,3 +143,79 @@ def test_read_only():
     dataset = ImageTextSources(sources=[{"name": "x", "format": "webdataset", "path": ".", "split": "pool"}])
     with pytest.raises(DatasetError, match="read-only"):
         dataset.save({})
+
+
+def test_imagefolder_file_outside_the_source_is_quarantined_and_never_read(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.png").write_bytes(image_bytes(colour=(1, 2, 3)))
+    root = tmp_path / "downloads" / "folder"
+    write_imagefolder(root, [
+        {"file_name": "ok.png", "text": "inside"},
+        {"file_name": "../../elsewhere/secret.png", "text": "dot-dot"},
+        {"file_name": str(elsewhere / "secret.png"), "text": "absolute"},
+        {"file_name": "link.png", "text": "symlink out"},
+        {"file_name": "sub/../ok.png", "text": "dot-dot that stays inside"},
+    ], {"ok.png": image_bytes()})
+    (root / "link.png").symlink_to(elsewhere / "secret.png")
+    frame = _load(name="f", format="imagefolder", path=str(root), split="val")["f__root"]
+    assert frame["raw_error"].tolist() == [None, "outside_source", "outside_source", "outside_source", None]
+    outside = frame[frame["raw_error"] == "outside_source"]
+    assert outside["image_bytes"].isna().all()  # never read
+    assert outside["raw_detail"].str.contains("outside the source folder").all()
+
+
+def test_imagefolder_malformed_lines_are_rows_with_their_line_number(tmp_path):
+    root = tmp_path / "folder"
+    good = [{"file_name": f"{i}.png", "text": f"image {i}", "defect": "blur" if i == 0 else None,
+             "duplicate_group": "g1" if i < 2 else None} for i in range(4)]
+    write_imagefolder(root, good, {f"{i}.png": image_bytes() for i in range(4)})
+    with (root / "metadata.jsonl").open("a") as handle:
+        handle.write('{"file_name": "x.png", "text": \n')  # JSON error, line 5
+        handle.write('{"text": "no file name"}\n')  # missing field, line 6
+        handle.write('{"file_name": "3.png", "text": 42}\n')  # wrong type, line 7
+    frame = _load(name="f", format="imagefolder", path=str(root), split="pool")["f__root"]
+    assert len(frame) == 7  # every line is a row: the ledger still counts in == out
+    bad = frame[frame["raw_error"] == "bad_metadata"]
+    assert bad["location"].str.rsplit(":", n=1).str[1].tolist() == ["5", "6", "7"]
+    assert bad["raw_detail"].str.startswith(("line 5: not valid JSON", "line 6: missing 'file_name'",
+                                             "line 7: caption column 'text' must be a string")).all()
+    assert frame["uid"].is_unique
+    assert frame["defect"].tolist()[:4] == ["blur", None, None, None]
+    assert frame["duplicate_group"].tolist()[:4] == ["g1", "g1", None, None]
+
+
+def test_imagefolder_mostly_malformed_is_one_source_error(tmp_path):
+    root = tmp_path / "folder"
+    root.mkdir()
+    (root / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "ok"}\nnot json\n[1, 2]\n')
+    with pytest.raises(DatasetError, match=r"2 of 3 lines of .*metadata\.jsonl are malformed.*metadata\.jsonl:2: "
+                                           r"not valid JSON"):
+        ImageTextSources(sources=[{"name": "f", "format": "imagefolder", "path": str(root), "split": "val"}]).load()
+
+
+def test_duplicate_group_and_defect_come_from_each_formats_row_metadata(tmp_path):
+    write_tar(tmp_path / "wds" / "0.tar", {**wds_sample("k0", "x", image_bytes(), duplicate_group="d7", defect="blur"),
+                                           **wds_sample("k1", "y", image_bytes())})
+    wds = _load(name="w", format="webdataset", path=str(tmp_path / "wds"), split="pool")["w__0"]
+    assert wds["duplicate_group"].tolist() == ["d7", None] and wds["defect"].tolist() == ["blur", None]
+    write_parquet(tmp_path / "pq" / "a.parquet", {"jpg": [image_bytes()] * 2, "caption": ["a", "b"],
+                                                  "duplicate_group": ["d1", None]})
+    laion = _load(name="l", format="laion_parquet", path=str(tmp_path / "pq"), split="pool")["l__a"]
+    assert laion["duplicate_group"].tolist() == ["d1", None] and laion["defect"].isna().all()
+    write_parquet(tmp_path / "dc" / "m.parquet", {"uid": ["u0"], "text": ["t"]})
+    write_tar(tmp_path / "dcs" / "0.tar", wds_sample("0", None, image_bytes(), uid="u0", duplicate_group="d2"))
+    dc = _load(name="d", format="datacomp", path=str(tmp_path / "dc"), shards=str(tmp_path / "dcs"), split="pool")
+    assert dc["d__0"]["duplicate_group"].tolist() == ["d2"]
+
+
+def test_uid_prefix_namespaces_every_format(tmp_path):
+    write_tar(tmp_path / "wds" / "0.tar", wds_sample("000000000", "x", image_bytes()))
+    wds = _load(name="w", format="webdataset", path=str(tmp_path / "wds"), split="pool", uid_prefix="run2/")
+    assert wds["w__0"]["uid"].tolist() == ["run2/000000000"]
+    write_parquet(tmp_path / "dc" / "m.parquet", {"uid": ["u0", "u1"], "text": ["t", "no image"]})
+    write_tar(tmp_path / "dcs" / "0.tar", wds_sample("0", None, image_bytes(), uid="u0"))
+    dc = _load(name="d", format="datacomp", path=str(tmp_path / "dc"), shards=str(tmp_path / "dcs"), split="pool",
+               uid_prefix="dc:")
+    assert dc["d__0"]["uid"].tolist() == ["dc:u0"] and dc["d__0"]["caption_bytes"].tolist() == [b"t"]  # join intact
+    assert dc["d__metadata_without_image"]["uid"].tolist() == ["dc:u1"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from alchemist_kedro.datasets.image_text_readers import READERS, RAW_COLUMNS, RawPartition, SourceConfig
+from alchemist_kedro.datasets.readers import READERS, RAW_COLUMNS, RawPartition, SourceConfig
 
 __all__ = ["ImageTextSources", "RAW_COLUMNS", "RawPartition", "SourceConfig"]
 
@@ -26,7 +26,7 @@ class ImageTextSources(AbstractDataset[None, dict[str, RawPartition]]):
     file and the problem, before any row is read) and returns ``{partition_id: RawPartition}`` with
     ``partition_id = f"{source}__{shard}"``, in conf order. Calling a partition returns a pandas
     DataFrame with ``RAW_COLUMNS``: uid, caption_bytes, image_bytes, source, split, location,
-    defect, raw_error, raw_detail.
+    defect, duplicate_group, raw_error, raw_detail.
     """
 
     def __init__(self, sources: list[dict[str, Any]], metadata: dict[str, Any] | None = None):

@@ -13,6 +13,8 @@ import fsspec
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
 from safetensors.torch import load, save
 
+from alchemist_kedro.atomic_io import atomic_write_bytes
+
 CONFIG_KEY = "config_json"
 
 
@@ -56,9 +58,12 @@ class TorchSafetensorsDataset(AbstractVersionedDataset[dict, dict]):
         path = get_filepath_str(self._get_save_path(), self._protocol)
         state = {k: v.detach().contiguous().cpu() for k, v in data["state_dict"].items()}
         blob = save(state, metadata={CONFIG_KEY: json.dumps(data["config"], sort_keys=True)})
-        self._fs.makedirs(str(PurePosixPath(path).parent), exist_ok=True)
-        with self._fs.open(path, "wb") as f:
-            f.write(blob)
+        if self._protocol == "file":
+            atomic_write_bytes(path, blob)  # a kill mid-save never leaves half a model for the next load
+        else:
+            self._fs.makedirs(str(PurePosixPath(path).parent), exist_ok=True)
+            with self._fs.open(path, "wb") as f:
+                f.write(blob)
         self._invalidate_cache()
 
     def _exists(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import threading
 import warnings
@@ -99,10 +100,14 @@ def _resize_and_crop(image: Image.Image, resolution: int) -> Image.Image:
 
 
 def _decode(data: bytes, settings: NormaliseSettings) -> tuple[Image.Image, int, int]:
+    # Image.open reads the header only; the cap is checked here, before any pixel is decoded. Pillow's own guard
+    # is off for the open (it only warns between 1x and 2x its limit, and a warnings filter set elsewhere could
+    # silence that) and back on, at the cap, for the rest of the decode.
+    Image.MAX_IMAGE_PIXELS = None
     image = Image.open(io.BytesIO(data))
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     width, height = image.size
     if width * height > settings.max_image_pixels:
-        # Pillow only warns between 1x and 2x its limit; the conf cap is a hard one.
         raise Quarantined("too_large", f"{width}x{height} = {width * height} pixels > max_image_pixels {settings.max_image_pixels}")
     orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
     if orientation in _TRANSPOSED_ORIENTATIONS:
@@ -125,7 +130,6 @@ def normalise_image(data: bytes | None, settings: NormaliseSettings) -> Normalis
     digest = hashlib.sha256(data).hexdigest()
     with _PILLOW_GLOBALS, warnings.catch_warnings():
         previous_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image, width, height = _decode(data, settings)
@@ -134,7 +138,9 @@ def normalise_image(data: bytes | None, settings: NormaliseSettings) -> Normalis
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise Quarantined("too_large", str(error)) from error
         except UnidentifiedImageError as error:
-            raise Quarantined("decode_error", f"not an image Pillow can open ({error})") from error
+            # Pillow's message names the BytesIO by memory address: drop it, or reruns would differ.
+            message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error))
+            raise Quarantined("decode_error", f"not an image Pillow can open ({message})") from error
         except OSError as error:
             if "truncated" in str(error).lower():
                 raise Quarantined("truncated", str(error)) from error

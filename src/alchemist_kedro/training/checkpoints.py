@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from alchemist_kedro.atomic_io import fault_point
+
 
 def save_checkpoint(directory: Path, step: int, models: dict, optimizers: dict, state: dict,
                     keep_last: int = 2) -> Path:
@@ -27,6 +29,7 @@ def save_checkpoint(directory: Path, step: int, models: dict, optimizers: dict, 
     blob["torch_rng"] = torch.get_rng_state()  # a ByteTensor, also fine under weights_only=True
     torch.save(blob, tmp / "optimizers.pt")
     (tmp / "state.json").write_text(json.dumps(state))
+    fault_point(final)  # test-only kill switch (atomic_io): a kill here leaves the .tmp dir and the older checkpoints
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a kill mid-write leaves only a .tmp dir, never a half checkpoint
     if keep_last > 0:  # older ones go only after the new one is complete

@@ -121,7 +121,7 @@ def test_bad_samples_fail_before_encoding(catalog):
 
 
 def test_empty_cache_folder_loads_as_empty(tmp_path):
-    from alchemist_kedro.pipelines.features.datasets import OptionalPartitionedDataset
+    from alchemist_kedro.datasets.atomic import CachePartitionedDataset
 
-    dataset = OptionalPartitionedDataset(path=str(tmp_path / "none"), dataset="pandas.ParquetDataset")
+    dataset = CachePartitionedDataset(path=str(tmp_path / "none"), dataset="pandas.ParquetDataset")
     assert dataset.load() == {}

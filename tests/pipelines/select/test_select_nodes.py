@@ -46,7 +46,7 @@ def corpus(tmp_path_factory):
             rows.append({"uid": f"{uid:032x}", "caption": f"caption {uid}", "image": png(uid), "width": 16,
                          "height": 16, "sha256": "0" * 64, "source": "toy", "split": split,
                          "location": f"shard{shard}.tar/{i}", "shard": f"{shard:05d}",
-                         "defect": "blur" if uid % 4 == 0 else None})
+                         "defect": "blur" if uid % 4 == 0 else None, "duplicate_group": None})
             uid += 1
         path = root / f"{shard:05d}.parquet"
         pd.DataFrame(rows).to_parquet(path, schema=SAMPLE_SCHEMA, index=False)

@@ -46,13 +46,19 @@ class _UidLedger:
     If a partition is normalised before an earlier one (not the case with PartitionedDataset's
     sorted save, but possible for a different caller), the earlier partitions' uids are read
     first, so the answer never depends on call order.
+
+    A source whose rows so far are mostly repeats of ANOTHER source's uids stops the run: that is two
+    outputs numbering keys the same way (img2dataset restarts at 000000000), not duplicates, and
+    quarantining a whole dataset as duplicate_uid would silently drop it from training.
     """
 
     def __init__(self, order: list[str], raw_pairs: dict[str, Callable[[], pd.DataFrame]]):
         self._order = order
         self._raw_pairs = raw_pairs
-        self._seen: set[str] = set()
+        self._first_source: dict[str, str] = {}  # uid -> the source it was first seen in
         self._duplicates: dict[str, list[bool]] = {}
+        self._rows_by_source: Counter[str] = Counter()
+        self._repeats: dict[str, Counter[str]] = {}  # source -> {earlier source: its rows repeating that one's uids}
         self._lock = threading.Lock()
 
     def duplicates(self, partition: str, uids: list[str]) -> list[bool]:
@@ -66,11 +72,30 @@ class _UidLedger:
             return self._duplicates[partition]
 
     def _register(self, partition: str, uids: list[str]) -> None:
+        source = partition.split("__", 1)[0]
+        repeats = self._repeats.setdefault(source, Counter())
         mask = []
         for uid in uids:
-            mask.append(uid in self._seen)
-            self._seen.add(uid)
+            first = self._first_source.get(uid)
+            mask.append(first is not None)
+            if first is None:
+                self._first_source[uid] = source
+            elif first != source:
+                repeats[first] += 1
         self._duplicates[partition] = mask
+        self._rows_by_source[source] += len(uids)
+        if repeats:
+            other, count = repeats.most_common(1)[0]
+            rows = self._rows_by_source[source]
+            if 2 * count > rows:
+                raise ValueError(
+                    f"ingest: {count} of the {rows} rows read so far from source '{source}' repeat uids of source "
+                    f"'{other}': the two sources number their keys the same way (img2dataset restarts at "
+                    f"000000000 in every run), and without a namespace all of them would be quarantined as "
+                    f"duplicate_uid. Give one source a `uid_prefix` in the raw_pairs catalog entry, e.g. "
+                    f"`- {{name: {source}, ..., uid_prefix: \"{source}/\"}}` (keep DataComp sources unprefixed: "
+                    f"their uids are global)."
+                )
 
 
 def _normalise_row(raw: dict[str, Any], is_duplicate: bool, settings: NormaliseSettings) -> dict[str, Any]:
@@ -80,6 +105,7 @@ def _normalise_row(raw: dict[str, Any], is_duplicate: bool, settings: NormaliseS
         "split": raw["split"],
         "location": raw["location"],
         "defect": None if pd.isna(raw["defect"]) else str(raw["defect"]),
+        "duplicate_group": None if pd.isna(raw["duplicate_group"]) else str(raw["duplicate_group"]),
     }
     try:
         # Order matters only for which single reason a row gets: cheapest and most certain first.
