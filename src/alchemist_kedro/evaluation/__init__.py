@@ -1,4 +1,8 @@
-"""Evaluation metrics for generated images (fd_onsfw, alignment, optional Inception FID and CLIP-score)."""
+"""Evaluation metrics for generated images (fd_onsfw, alignment, fwd, optional Inception FID and CLIP-score), the
+downstream model's held-out loss (test_loss, test_caption_gain), and paired-by-seed verdicts for compare."""
+from alchemist_kedro.evaluation.downstream import downstream_metrics
+from alchemist_kedro.evaluation.fwd import frechet_wavelet_distance, wavelet_packets
+from alchemist_kedro.evaluation.heldout_loss import derangement, heldout_loss_metrics, per_timestep_loss
 from alchemist_kedro.evaluation.metrics import (
     EncoderFeatures,
     PrecomputedFeatures,
@@ -16,21 +20,31 @@ from alchemist_kedro.evaluation.metrics import (
     open_nsfw_features,
     summarise_over_seeds,
 )
+from alchemist_kedro.evaluation.verdicts import METRIC_DIRECTIONS, compare_verdicts, paired_table
 
 __all__ = [
     "EncoderFeatures",
+    "METRIC_DIRECTIONS",
     "PrecomputedFeatures",
     "alignment",
     "alignment_with_ceiling",
     "clip_score",
     "clip_score_metric",
+    "compare_verdicts",
+    "derangement",
+    "downstream_metrics",
     "fd_onsfw",
     "fd_onsfw_from_features",
     "fd_onsfw_metric",
     "frechet_distance",
+    "frechet_wavelet_distance",
+    "heldout_loss_metrics",
     "inception_fid",
     "inception_fid_metric",
     "mean_ci95",
     "open_nsfw_features",
+    "paired_table",
+    "per_timestep_loss",
     "summarise_over_seeds",
+    "wavelet_packets",
 ]

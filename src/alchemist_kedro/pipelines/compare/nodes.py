@@ -26,7 +26,8 @@ from alchemist_kedro.pipelines.select.nodes import select_from_scores
 from alchemist_kedro.pipelines.train_t2i.nodes import build_t2i_inputs, join_split, train_t2i_model
 
 logger = logging.getLogger(__name__)
-METRICS = ["fd_onsfw", "alignment", "alignment_ceiling", "train_seconds"]
+METRICS = ["fd_onsfw", "alignment", "alignment_ceiling", "train_seconds", "test_loss", "test_loss_low_t",
+           "test_loss_mid_t", "test_loss_high_t", "test_caption_gain", "fwd"]
 
 
 def deep_merge(base: dict, override: dict | None) -> dict:
@@ -134,8 +135,9 @@ def comparison_report(compare: dict, *arm_results: dict):
 
 
 def _summary_plot(summary: pd.DataFrame):
-    panels = [("fd_onsfw", "fd_onsfw (lower is better)"), ("alignment", "alignment (higher is better)"),
-              ("train_seconds", "training time (s)")]
+    panels = [("test_loss", "test_loss (lower is better)"), ("fwd", "FWD (lower is better)"),
+              ("fd_onsfw", "fd_onsfw (lower is better)"), ("test_caption_gain", "test_caption_gain (higher is better)"),
+              ("alignment", "alignment (higher is better)"), ("train_seconds", "training time (s)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     x = np.arange(len(summary))
     for ax, (metric, title) in zip(axes, panels):
@@ -171,3 +173,14 @@ def _grid_figure(arm_results, order):
         axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
     fig.suptitle("real test images (top) and seed-0 samples for their captions, one row per arm", fontsize=9)
     return fig
+
+
+def verdicts_report(runs: pd.DataFrame, compare: dict):
+    """compare_runs → (paired-by-seed table of every arm against random / full / alchemist per metric, the
+    verdicts markdown: which of the paper's claims hold on this run). The statistics are evaluation/verdicts.py's."""
+    from alchemist_kedro.evaluation.verdicts import compare_verdicts
+
+    options = dict(compare.get("verdicts") or {})
+    return compare_verdicts(runs, metrics=options.get("metrics"), directions=options.get("directions"),
+                            confidence=float(options.get("confidence", 0.95)),
+                            title=f"compare preset `{compare['preset']}`")

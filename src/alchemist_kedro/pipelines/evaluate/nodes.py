@@ -2,6 +2,7 @@
 
 - `fd_onsfw`: Fréchet distance, Open-NSFW feature space, generated vs real test images. Both sets go through the
   encoder at the model's resolution (real images area-downscaled as for training), so resolution is not scored.
+- `test_loss` (by timestep band too), `test_caption_gain`, `fwd`: evaluation/downstream.py (issue 13).
 - `alignment`: mean cosine of generated image ↔ its caption in the contrastive projection fitted once on the clean
   val split's cached features; `alignment_ceiling` is the same on the real test pairs, `alignment_shuffled` the
   generated images against a fixed derangement of the captions (the chance floor).
@@ -17,6 +18,7 @@ import torch
 
 from alchemist_kedro.encoders import get_image_encoder
 from alchemist_kedro.evaluation import alignment_with_ceiling, fd_onsfw_from_features, open_nsfw_features
+from alchemist_kedro.evaluation.downstream import downstream_metrics
 from alchemist_kedro.evaluation.metrics import alignment as alignment_metric
 from alchemist_kedro.models.alignment import (
     AlignmentConfig,
@@ -84,6 +86,7 @@ def evaluate_generated(model: T2IModel, test: dict, alignment_model: AlignmentMo
         "fd_onsfw": fd_onsfw_from_features(real_feats, generated_feats),
         **scores,
         "alignment_shuffled": alignment_metric(alignment_model, generated_feats, shuffled),
+        **downstream_metrics(model, test, to_uint8_images(generated), params),  # test_loss, caption gain, fwd
         "num_test": float(len(test["uids"])),
         "generation_seconds": float(generation_seconds),
     }
