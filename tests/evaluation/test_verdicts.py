@@ -65,10 +65,12 @@ def test_known_difference_holds_and_none_is_not_shown():
     assert claims.loc[(heuristic, "test_loss"), "baseline"] == "edge_density_band"
     assert claims.loc[(heuristic, "test_loss"), "verdict"] == "holds"
     assert claims.loc[("Gsample beats Top-K", "test_loss"), "verdict"] == "not run"
+    assert claims.loc[("Power check: Full beats Random-50%", "test_loss"), "verdict"] == "holds"
 
     assert "## Alchemist-50% beats Random-50%" in markdown
     assert "- Alchemist-50% beats Random-50%: **holds** on test_loss; **not shown** on fwd, alignment" in markdown
     assert "- Gsample beats Top-K: **not run** (gsample, topk absent)" in markdown
+    assert "## Gsample beats Top-K" not in markdown  # absent claims are listed once, without an empty section
     assert "- The Group MLP helps (rater with it vs without): **not run** (no_group_mlp absent)" in markdown
 
 
