@@ -94,3 +94,5 @@ def test_one_seed_and_bad_tables():
         paired_table(pd.concat([runs, runs.iloc[:1]]))
     with pytest.raises(ValueError, match="no direction"):
         paired_table(runs, metrics=["made_up"])
+    with pytest.raises(ValueError, match="not columns"):
+        paired_table(runs, metrics=["fd_onsfw"])  # a known metric this runs table lacks

@@ -107,6 +107,9 @@ def _directions(runs: pd.DataFrame, metrics: Sequence[str] | None, directions: M
     unknown = [m for m in wanted if table.get(m) not in ("lower", "higher")]
     if unknown:
         raise ValueError(f"metrics {unknown} have no direction (lower/higher is better); pass directions")
+    absent = [m for m in wanted if m not in runs.columns]
+    if metrics is not None and absent:  # asked for by name: say so rather than drop it
+        raise ValueError(f"metrics {absent} are not columns of the runs table {list(runs.columns)}")
     return {m: table[m] for m in wanted if m in runs.columns}
 
 
@@ -238,6 +241,8 @@ def verdicts_markdown(runs: pd.DataFrame, metrics: Sequence[str] | None = None,
         versus = "the best heuristic arm per metric" if per_metric else f"`{first['baseline']}`"
         overview.append(f"- {title_}: " + "; ".join(summary))
         sections += [f"`{first['arm']}` vs {versus}: " + "; ".join(summary) + "."]
+        if per_metric:
+            sections.append("The heuristic is picked by this run's own means, which favours it over alchemist.")
         if title_ in _PARITY:
             sections.append("The paper claims parity here: **not shown** is consistent with parity but does not "
                             "demonstrate it.")
