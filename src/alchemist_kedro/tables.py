@@ -115,6 +115,8 @@ def history_table(history: Mapping[str, list[dict]]) -> pd.DataFrame:
 
 def derangement(n: int, seed: int) -> np.ndarray:
     """A fixed permutation with no fixed point (a rotation of a random order): every row gets another row's item."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 rows, got {n}")
     order = np.random.default_rng(seed).permutation(n)
     shifted = np.empty(n, dtype=np.intp)
     shifted[order] = np.roll(order, 1)

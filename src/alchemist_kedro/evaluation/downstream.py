@@ -5,20 +5,25 @@
 - `alignment`: mean cosine of generated image ↔ its caption in the contrastive projection fitted once on the clean
   val split's cached features; `alignment_ceiling` is the same on the real test pairs, `alignment_shuffled` the
   generated images against a fixed derangement of the captions (the chance floor).
+- `test_loss` (overall and by timestep band), `test_loss_shuffled`, `test_caption_gain`: the model's own objective on
+  the clean test split at fixed CRN timesteps (heldout_loss.py); `fwd`: Fréchet Wavelet Distance (fwd.py).
 Shared by the evaluate pipeline and compare.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from alchemist_kedro.encoders import get_image_encoder
+from alchemist_kedro.evaluation.fwd import frechet_wavelet_distance
+from alchemist_kedro.evaluation.heldout_loss import heldout_loss_metrics
 from alchemist_kedro.evaluation.metrics import alignment as alignment_metric
 from alchemist_kedro.evaluation.metrics import alignment_with_ceiling, fd_onsfw_from_features, open_nsfw_features
 from alchemist_kedro.models.alignment import AlignmentConfig, AlignmentModel, alignment_to_artifact, fit_alignment
-from alchemist_kedro.models.proxy import generator_for
+from alchemist_kedro.models.proxy import ProxyT2I, generator_for
 from alchemist_kedro.models.t2i import T2IModel, to_uint8_images
 from alchemist_kedro.tables import concat_partitions, derangement, join_split, take_rows, vector_column
 
@@ -58,7 +63,8 @@ def evaluate_generated(model: T2IModel, test: dict, alignment_model: AlignmentMo
                                guidance_scale=params["guidance_scale"], num_steps=params["sample_steps"],
                                batch_size=int(params["batch_size"]))
     generation_seconds = time.perf_counter() - began
-    generated_feats = open_nsfw_features(to_uint8_images(generated), encoder, int(params["encoder_batch_size"]))
+    generated_images = to_uint8_images(generated)
+    generated_feats = open_nsfw_features(generated_images, encoder, int(params["encoder_batch_size"]))
     real_feats = real_features if real_features is not None else real_test_features(test, encoder, params)
     scores = alignment_with_ceiling(alignment_model, generated_feats, real_feats, test["text_emb"])
     shuffled = test["text_emb"][derangement(len(test["uids"]), int(params["seed"]))]
@@ -66,6 +72,7 @@ def evaluate_generated(model: T2IModel, test: dict, alignment_model: AlignmentMo
         "fd_onsfw": fd_onsfw_from_features(real_feats, generated_feats),
         **scores,
         "alignment_shuffled": alignment_metric(alignment_model, generated_feats, shuffled),
+        **downstream_metrics(model, test, generated_images, params),
         "num_test": float(len(test["uids"])),
         "generation_seconds": float(generation_seconds),
     }
@@ -81,3 +88,21 @@ def build_image_encoder(params: dict):
     if config.get("name") != "open_nsfw":
         raise ValueError("fd_onsfw is defined in the Open-NSFW feature space: image_encoder.name must be open_nsfw")
     return get_image_encoder(config.pop("name"), **config)
+
+
+def downstream_metrics(model: ProxyT2I, test: dict, generated_images: Sequence[np.ndarray], params: dict) -> dict:
+    """{test_loss, test_loss_low_t/mid_t/high_t, test_loss_shuffled, test_caption_gain, test_loss_seconds, fwd}.
+
+    `test`: join_split's layout (images (N, 3, R, R) in [-1, 1] at the model's resolution, tokens, mask, uids);
+    `generated_images`: uint8 HxWx3, one per test caption, at the same resolution. `params`: the evaluate parameters
+    (`test_loss: {timesteps, noise_seed, batch_size, derangement_seed}`, `fwd: {wavelet, level}`).
+    """
+    loss, wavelet = params["test_loss"], params["fwd"]
+    began = time.perf_counter()
+    metrics = heldout_loss_metrics(
+        model, test, num_timesteps=int(loss["timesteps"]), noise_seed=int(loss["noise_seed"]),
+        batch_size=int(loss["batch_size"]), derangement_seed=int(loss["derangement_seed"]))
+    metrics["test_loss_seconds"] = time.perf_counter() - began
+    metrics["fwd"] = frechet_wavelet_distance(to_uint8_images(test["images"]), list(generated_images),
+                                              wavelet=str(wavelet["wavelet"]), level=wavelet["level"])
+    return metrics

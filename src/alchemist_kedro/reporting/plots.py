@@ -128,8 +128,9 @@ def sample_grid_figure(model, grid: dict, seed: int, columns: int = 4, caption_c
 
 
 def compare_summary_plot(summary: pd.DataFrame):
-    panels = [("fd_onsfw", "fd_onsfw (lower is better)"), ("alignment", "alignment (higher is better)"),
-              ("train_seconds", "training time (s)")]
+    panels = [("test_loss", "test_loss (lower is better)"), ("fwd", "FWD (lower is better)"),
+              ("fd_onsfw", "fd_onsfw (lower is better)"), ("test_caption_gain", "test_caption_gain (higher is better)"),
+              ("alignment", "alignment (higher is better)"), ("train_seconds", "training time (s)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     x = np.arange(len(summary))
     for ax, (metric, title) in zip(axes, panels):

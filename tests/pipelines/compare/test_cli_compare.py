@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 import yaml
 
 from tests.pipelines.train_t2i.tables import t2i_params, tables
@@ -62,11 +63,27 @@ def test_kedro_run_compare_cli(tmp_path):
     assert sorted(runs["arm"]) == ["full", "random"]
     # Equal epochs: the 50% arm trains half the steps of the full arm (32 pool rows, batch 8, 1 epoch).
     assert dict(zip(runs["arm"], runs["steps"])) == {"full": 4, "random": 2}
-    assert runs[["fd_onsfw", "alignment", "alignment_ceiling", "train_seconds"]].notna().all().all()
+    assert runs[["fd_onsfw", "alignment", "alignment_ceiling", "train_seconds", "test_loss", "test_loss_low_t",
+                 "test_loss_mid_t", "test_loss_high_t", "test_caption_gain", "fwd"]].notna().all().all()
+    assert (runs["test_loss"] > 0).all() and (runs["fwd"] > 0).all()
     summary = pd.read_csv(reporting / "compare_summary.csv")
     assert list(summary["arm"]) == ["full", "random"] and (summary["n_seeds"] == 1).all()
     for png in ("compare_summary.png", "compare_sample_grids.png"):
         assert (reporting / png).stat().st_size > 1000
+    # Paired by seed: full against random (and back) per metric; one seed gives no interval, so nothing is shown.
+    paired = pd.read_csv(reporting / "compare_paired.csv")
+    full_vs_random = paired[(paired["arm"] == "full") & (paired["baseline"] == "random")].set_index("metric")
+    assert {"test_loss", "fwd", "fd_onsfw", "test_caption_gain", "alignment"} <= set(full_vs_random.index)
+    by_arm = runs.set_index("arm")
+    assert full_vs_random.loc["test_loss", "mean_difference"] == pytest.approx(
+        by_arm.loc["full", "test_loss"] - by_arm.loc["random", "test_loss"])
+    assert (full_vs_random["n_seeds"] == 1).all() and (full_vs_random["arm_beats_baseline"] == "not shown").all()
+    verdicts = (reporting / "compare_verdicts.md").read_text()
+    assert verdicts.startswith("# Verdicts: compare preset `tiny`")
+    assert "- Power check: Full beats Random-50%: **not shown** on test_loss" in verdicts  # 1 seed: no interval
+    assert "## Power check: Full beats Random-50%" in verdicts
+    assert "- Alchemist-50% beats Random-50%: **not run** (alchemist absent)" in verdicts
+    assert "- Gsample beats Top-K: **not run** (gsample, topk absent)" in verdicts
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     all_runs = [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
@@ -78,4 +95,5 @@ def test_kedro_run_compare_cli(tmp_path):
     assert all("fd_onsfw" in r.data.metrics for r in children)
     assert "compare.random.alignment_mean" in parents[0].data.metrics
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "compare")}
-    assert {"compare/compare_summary.csv", "compare/compare_summary.png"} <= artifacts
+    assert {"compare/compare_summary.csv", "compare/compare_summary.png", "compare/compare_paired.csv",
+            "compare/compare_verdicts.md"} <= artifacts

@@ -11,7 +11,8 @@ ARMS = {"random": {}, "clarity": {"family": "clarity"}, "clarity_band": {"family
 def _result(arm: str, fds: list[float]) -> dict:
     rows = [{"arm": arm, "seed": s, "ratio": 0.5, "strategy": "topk", "scorer": "x", "family": ARMS[arm].get("family", arm),
              "n_train": 10, "steps": 5, "train_seconds": 1.0, "fd_onsfw": fd, "alignment": 0.1,
-             "alignment_ceiling": 0.2} for s, fd in enumerate(fds)]
+             "alignment_ceiling": 0.2, "test_loss": 0.3, "test_loss_low_t": 0.2, "test_loss_mid_t": 0.3,
+             "test_loss_high_t": 0.4, "test_caption_gain": 0.01, "fwd": 1.0} for s, fd in enumerate(fds)]
     image = np.zeros((4, 4, 3), np.uint8)
     return {"rows": rows, "grid": {"captions": ["a"], "images": [image]}}
 

@@ -45,6 +45,8 @@ def test_evaluate_on_tiny_model_gives_finite_metrics(tmp_path):
     assert test["uids"] == [f"u{i:03d}" for i in range(44, 50)] and test["images"].shape[-1] == 16
     history, report = evaluate_t2i(artifact, test, alignment, eval_params)
     metrics = report["metrics"]
-    assert {"fd_onsfw", "alignment", "alignment_ceiling", "alignment_shuffled"} <= set(metrics)
+    assert {"fd_onsfw", "alignment", "alignment_ceiling", "alignment_shuffled", "test_loss", "test_loss_low_t",
+            "test_loss_mid_t", "test_loss_high_t", "test_caption_gain", "fwd"} <= set(metrics)
+    assert metrics["test_loss"] > 0 and metrics["fwd"] >= 0
     assert all(math.isfinite(v) for v in metrics.values()) and metrics["fd_onsfw"] >= 0
     assert metrics["num_test"] == 6 and history["fd_onsfw"][0]["value"] == metrics["fd_onsfw"]

@@ -20,6 +20,7 @@ from alchemist_kedro.evaluation.downstream import (
     load_test_split,
     real_test_features,
 )
+from alchemist_kedro.evaluation.verdicts import compare_verdicts
 from alchemist_kedro.models.alignment import alignment_from_artifact
 from alchemist_kedro.models.proxy import generator_for
 from alchemist_kedro.models.t2i import to_uint8_images
@@ -29,7 +30,8 @@ from alchemist_kedro.tables import concat_partitions
 from alchemist_kedro.training.downstream import build_t2i_inputs, train_downstream
 
 logger = logging.getLogger(__name__)
-METRICS = ["fd_onsfw", "alignment", "alignment_ceiling", "train_seconds"]
+METRICS = ["fd_onsfw", "alignment", "alignment_ceiling", "train_seconds", "test_loss", "test_loss_low_t",
+           "test_loss_mid_t", "test_loss_high_t", "test_caption_gain", "fwd"]
 
 
 def deep_merge(base: dict, override: dict | None) -> dict:
@@ -131,3 +133,12 @@ def comparison_report(compare: dict, *arm_results: dict):
         for _, row in runs.iterrows()
     ]
     return runs, summary, metrics, child_runs, compare_summary_plot(summary), compare_grid_figure(arm_results, order)
+
+
+def verdicts_report(runs: pd.DataFrame, compare: dict):
+    """compare_runs → (paired-by-seed table of every arm against random / full / alchemist per metric, the
+    verdicts markdown: which of the paper's claims hold on this run). The statistics are evaluation/verdicts.py's."""
+    options = compare["verdicts"]
+    return compare_verdicts(runs, metrics=options["metrics"], directions=options.get("directions"),
+                            confidence=float(options["confidence"]),
+                            title=f"compare preset `{compare['preset']}`")

@@ -8,7 +8,7 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from alchemist_kedro.pipelines.compare.nodes import comparison_report, run_arm
+from alchemist_kedro.pipelines.compare.nodes import comparison_report, run_arm, verdicts_report
 from alchemist_kedro.pipelines.shared_nodes import fit_alignment_node
 
 ARMS = ("full", "random", "clarity", "clarity_band", "frequency", "frequency_band", "edge_density", "edge_density_band",
@@ -34,4 +34,7 @@ def create_pipeline(**kwargs) -> Pipeline:
          "compare_sample_grids"],
         name="compare_report",
     )
-    return Pipeline([fit]) + sum((_arm_pipeline(arm) for arm in ARMS), Pipeline([])) + Pipeline([report])
+    verdicts = Node(verdicts_report, ["compare_runs", "params:compare"], ["compare_paired", "compare_verdicts"],
+                    name="compare_verdicts")
+    return (Pipeline([fit]) + sum((_arm_pipeline(arm) for arm in ARMS), Pipeline([]))
+            + Pipeline([report, verdicts]))
