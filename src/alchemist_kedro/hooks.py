@@ -35,6 +35,12 @@ class TrackingHooks:
         run = mlflow.active_run()
         if run is None:
             return
+        try:
+            self._describe_run(run, run_params, pipeline, catalog)
+        except Exception as error:  # noqa: BLE001 - a label must never stop a run
+            logger.warning("mlflow: could not name or tag run %s: %s", run.info.run_id, error)
+
+    def _describe_run(self, run, run_params: dict[str, Any], pipeline, catalog) -> None:
         client = mlflow.MlflowClient()
         runs.mark_model_training(client, run.info.experiment_id)
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
