@@ -39,5 +39,8 @@ test: $(STAMP)
 viz: $(STAMP)
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
+# MLflow 3.17's UI opens in GenAI mode unless told otherwise (per browser); this link opens the runs table.
 mlflow-ui: $(STAMP)
+	@$(BIN)/python -c "import mlflow; e = mlflow.MlflowClient('sqlite:///mlflow.db').get_experiment_by_name('alchemist_kedro'); \
+	print('runs: http://127.0.0.1:5000/#/experiments/' + (e.experiment_id if e else '') + '?workflowType=machine_learning')"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -8,6 +8,11 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 # Models load from local paths only; a hub lookup would hang on a cluster with no network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from alchemist_kedro.hooks import TrackingHooks  # noqa: E402  (after the offline switches)
+
+# Run names and tags, the experiment kind, the selection as the run's dataset input (hooks.py).
+HOOKS = (TrackingHooks(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

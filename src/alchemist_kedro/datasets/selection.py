@@ -18,7 +18,9 @@ class ScoreTableDataset(AbstractDataset[None, pd.DataFrame]):
     ``<scores_dir>/clarity.parquet`` (the heuristics' layout); ``rater`` reads ``rater_filepath``.
     """
 
-    def __init__(self, scorer: str, rater_filepath: str, scores_dir: str, load_args: dict | None = None):
+    def __init__(self, scorer: str, rater_filepath: str, scores_dir: str, load_args: dict | None = None,
+                 metadata: dict | None = None):
+        self.metadata = metadata  # kedro-viz reads its layer here
         self._scorer = str(scorer)
         self._filepath = rater_filepath if self._scorer == "rater" else f"{scores_dir}/{self._scorer}.parquet"
         self._load_args = load_args or {}
@@ -46,7 +48,9 @@ class NpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
     kedro-datasets has no .npy dataset; object arrays would need pickling, so callers pass fixed-width dtypes.
     """
 
-    def __init__(self, filepath: str, version: Version | None = None, fs_args: dict | None = None):
+    def __init__(self, filepath: str, version: Version | None = None, fs_args: dict | None = None,
+                 metadata: dict | None = None):
+        self.metadata = metadata
         protocol, path = get_protocol_and_path(filepath, version)
         self._protocol = protocol
         self._fs = fsspec.filesystem(protocol, **(fs_args or {}))
@@ -85,8 +89,9 @@ class TarShardsDataset(AbstractDataset[dict[str, Any], dict[str, Path]]):
     """A folder of ``<name>.tar`` files; save takes {name: bytes or a callable returning bytes} (lazy: one shard
     in memory at a time). Existing .tar files are removed first so no stale shard of an earlier run survives."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, metadata: dict | None = None):
         self._path = Path(path)
+        self.metadata = metadata
 
     def load(self) -> dict[str, Path]:
         return {p.stem: p for p in sorted(self._path.glob("*.tar"))}

@@ -15,9 +15,10 @@ class ScoreTablesDataset(AbstractDataset[None, dict]):
     an active arm naming a missing scorer fails in its node, naming it. Read-only.
     """
 
-    def __init__(self, rater_filepath: str, scores_dir: str):
+    def __init__(self, rater_filepath: str, scores_dir: str, metadata: dict | None = None):
         self._rater = Path(rater_filepath)
         self._dir = Path(scores_dir)
+        self.metadata = metadata  # kedro-viz reads its layer here
 
     def load(self) -> dict:
         paths = {p.stem: p for p in sorted(self._dir.glob("*.parquet"))} if self._dir.is_dir() else {}

@@ -66,3 +66,18 @@ def train_rater(inputs: RaterData, params: dict):
     trace = pd.DataFrame(result.trace, columns=["step", "uid", "loss", "grad_norm"])
     # The catalog prefixes the metric names with "rater.".
     return rater_to_artifact(result.rater), dict(result.history), history_table(result.history), trace
+
+
+def rater_model_for_mlflow(rater_model: dict, features: dict) -> dict:
+    """The trained rater plus the widths of its two input columns (image_emb, text_emb), read from one feature
+    shard: what the MLflow pyfunc model checks its input against."""
+    if not features:
+        raise ValueError("no feature shards: cannot tell the rater's image/text input widths")
+    shard = features[sorted(features)[0]]()
+    if not len(shard):
+        raise ValueError("the first feature shard is empty: cannot tell the rater's image/text input widths")
+    image_dim, text_dim = len(shard["image_emb"].iloc[0]), len(shard["text_emb"].iloc[0])
+    if image_dim + text_dim != int(rater_model["config"]["feature_dim"]):
+        raise ValueError(f"features are {image_dim} + {text_dim} wide but the rater takes "
+                         f"{rater_model['config']['feature_dim']}: retrain it on the current features")
+    return {**rater_model, "image_emb_dim": image_dim, "text_emb_dim": text_dim}

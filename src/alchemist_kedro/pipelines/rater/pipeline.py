@@ -1,7 +1,7 @@
 """samples + features → rater_inputs → (rater_model, history, per-sample trace)."""
 from kedro.pipeline import Node, Pipeline
 
-from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs, train_rater
+from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs, rater_model_for_mlflow, train_rater
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -23,6 +23,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "rater_per_sample_trace",
                 ],
                 name="train_rater",
+            ),
+            Node(
+                rater_model_for_mlflow,
+                inputs=["rater_model", "features"],
+                outputs="rater_mlflow_model",
+                name="log_rater_mlflow_model",
             ),
         ]
     )

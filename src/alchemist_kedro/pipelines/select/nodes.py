@@ -18,7 +18,7 @@ from alchemist_kedro.schemas import LEDGER_STATUSES
 from alchemist_kedro.scorers import build_score_table, get_scorer
 from alchemist_kedro.scorers.base import ScoreBatch
 from alchemist_kedro.reporting import plots
-from alchemist_kedro.selection.datacomp import uid_subset_array
+from alchemist_kedro.selection.datacomp import datacomp_subset_array, non_datacomp_uids, uid_subset_array
 from alchemist_kedro.selection.shards import img2dataset_tar
 from alchemist_kedro.selection.manifest import select_from_scores, strategy_params
 from alchemist_kedro.shard_engine import LocalEngine, Part
@@ -192,6 +192,18 @@ def check_ledger(ledger: pd.DataFrame, manifest: pd.DataFrame, n_samples: int, n
 def selected_uid_list(manifest: pd.DataFrame) -> np.ndarray:
     """DataComp ``--subset_file``: the selected uids, sorted, fixed-width unicode."""
     return uid_subset_array(manifest.loc[manifest["selected"], "uid"])
+
+
+def datacomp_subset_file(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
+    """DataComp ``resharder.py --subset-file``: {"selected_uids": sorted (u8, u8) array} when every selected uid is
+    a DataComp 32-hex uid; {} (nothing written, and the log says why) when they are not."""
+    uids = manifest.loc[manifest["selected"], "uid"].astype(str)
+    bad = non_datacomp_uids(uids)
+    if bad:
+        logger.info("select: no DataComp (u8, u8) subset file: %d of %d selected uids are not 32-hex DataComp uids "
+                    "(e.g. %r); the readable selected_uids list is written as usual", len(bad), len(uids), bad[0])
+        return {}
+    return {"selected_uids": datacomp_subset_array(uids)}
 
 
 def selection_metrics(manifest: pd.DataFrame, sample_index: pd.DataFrame) -> dict[str, dict[str, float]]:

@@ -25,6 +25,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(nodes.build_ledger, ["selection_manifest", "select_sample_index", "quarantine"], "ledger",
                  name="select_build_ledger"),
             Node(nodes.selected_uid_list, "selection_manifest", "selected_uids", name="select_write_uid_list"),
+            Node(nodes.datacomp_subset_file, "selection_manifest", "selected_uids_datacomp",
+                 name="select_write_datacomp_subset"),
             Node(nodes.selection_metrics, ["selection_manifest", "select_sample_index"], "selection_metrics",
                  name="select_log_metrics"),
             Node(nodes.plot_score_histogram, ["selection_manifest", "params:select"], "selection_score_histogram",
