@@ -31,7 +31,7 @@ def resharder_count(subset, key_str: str) -> int:
 
 def _dataset(tmp_path) -> PartitionedDataset:
     return PartitionedDataset(path=str(tmp_path / "datacomp_subset"), filename_suffix=".npy", overwrite=True,
-                              dataset={"type": "alchemist_kedro.selection.datasets.NpyDataset"})
+                              dataset={"type": "alchemist_kedro.datasets.selection.NpyDataset"})
 
 
 def test_hex_uids_load_as_the_resharder_loads_them(tmp_path):
