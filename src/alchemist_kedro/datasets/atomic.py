@@ -79,6 +79,17 @@ class CachePartitionedDataset(_CompletePartitions, PartitionedDataset):
         raise NotImplementedError(f"{type(self).__name__} is a read-only view of {self._path}; save to the writer")
 
 
+class OptionalPartitionedDataset(_CompletePartitions, PartitionedDataset):
+    """A PartitionedDataset a stage writes and another may read before it ever ran: ``{}`` when the folder holds no
+    (complete) partition. Saving is PartitionedDataset's own."""
+
+    def load(self) -> dict[str, Callable[[], Any]]:
+        self._invalidate_caches()
+        if not self._list_partitions():
+            return {}
+        return super().load()
+
+
 class CacheIncrementalDataset(_CompletePartitions, IncrementalDataset):
     """``partitions.IncrementalDataset`` (loads an absent folder as {}) that skips incomplete parquet partitions."""
 

@@ -72,6 +72,10 @@ class BilevelConfig:
     # that stays consistent (plain images always have the lowest loss) the logits grow without limit, as logistic
     # regression does on separable data, and the weight entropy collapses to 0 (one sample takes the batch).
     logit_l2: float
+    # λ ≥ 0: add λ · (σ_L / σ_G) · (L(θ; x, c) − L(θ; x, ∅)) to s, the caption's gain on the same CRN draws, scaled to
+    # the loss's spread within the batch. A caption that explains its image lowers the loss below the null
+    # caption's; one that belongs elsewhere does not. 0 = the paper's signal alone (one fewer pass per batch).
+    caption_gain_weight: float
     checkpoint_every: int
     seed: int
     trace_every: int
@@ -217,7 +221,8 @@ def start_meta_phase(state: BilevelState, config: BilevelConfig) -> None:
 
 def rater_signal(state: BilevelState, rows: Split, config: BilevelConfig, phase: str, step: int):
     """(L(θ; x), s): the low-variance per-sample loss at θ and the rater's signal s = L(θ) (eq. 9) or
-    L(θ) − L(θ̂) on the same CRN draws (eq. 6). No grad: s is data for the rater, not a path to θ."""
+    L(θ) − L(θ̂) on the same CRN draws (eq. 6), plus the scaled caption gain when caption_gain_weight > 0.
+    No grad: s is data for the rater, not a path to θ."""
     def loss(model):
         return per_sample_loss(model, rows.images, rows.tokens, rows.mask, rows.uids,
                                num_timesteps=config.num_loss_timesteps, crn=config.crn, noise_seed=config.seed,
@@ -225,9 +230,15 @@ def rater_signal(state: BilevelState, rows: Split, config: BilevelConfig, phase:
 
     with torch.no_grad():
         l_theta = loss(state.theta)
-        if config.mode == "eq9":
-            return l_theta, l_theta
-        return l_theta, l_theta - loss(state.theta_hat)
+        signal = l_theta if config.mode == "eq9" else l_theta - loss(state.theta_hat)
+        if config.caption_gain_weight > 0:
+            null = per_sample_loss(state.theta, rows.images, torch.zeros_like(rows.tokens), torch.zeros_like(rows.mask),
+                                   rows.uids, num_timesteps=config.num_loss_timesteps, crn=config.crn,
+                                   noise_seed=config.seed, generator=generator_for(config.seed, phase, step))
+            gain = l_theta - null
+            scale = signal.std() / gain.std().clamp_min(1e-12) if len(gain) > 1 else 1.0
+            signal = signal + config.caption_gain_weight * scale * gain
+        return l_theta, signal
 
 
 def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Batch | None, config: BilevelConfig,

@@ -12,13 +12,14 @@ from alchemist_kedro.datasets.readers.datacomp import read_datacomp
 from alchemist_kedro.datasets.readers.imagefolder import read_imagefolder
 from alchemist_kedro.datasets.readers.laion_parquet import read_laion_parquet
 from alchemist_kedro.datasets.readers.webdataset import read_webdataset
+from alchemist_kedro.registry import Registry
 
-READERS: dict[str, Callable[[SourceConfig], dict[str, RawPartition]]] = {
+READERS: Registry[Callable[[SourceConfig], dict[str, RawPartition]]] = Registry.of("format", {
     "webdataset": read_webdataset,
     "laion_parquet": read_laion_parquet,
     "datacomp": read_datacomp,
     "imagefolder": read_imagefolder,
-}
+})
 assert set(READERS) == set(FORMATS)
 
 __all__ = ["READERS", "RAW_COLUMNS", "RawPartition", "SourceConfig"]

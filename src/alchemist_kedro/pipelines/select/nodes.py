@@ -14,19 +14,28 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 
+from alchemist_kedro.reporting import plots
+from alchemist_kedro.reporting.defect_report import (
+    REPORT_COLUMNS,
+    defect_report,
+    duplicate_report,
+    evaluate_strategies,
+    report_metrics,
+)
 from alchemist_kedro.schemas import LEDGER_STATUSES
 from alchemist_kedro.scorers import build_score_table, get_scorer
 from alchemist_kedro.scorers.base import ScoreBatch
-from alchemist_kedro.reporting import plots
 from alchemist_kedro.selection.datacomp import datacomp_subset_array, non_datacomp_uids, uid_subset_array
-from alchemist_kedro.selection.shards import img2dataset_tar
+from alchemist_kedro.selection.dedup import dedup, pair_features
 from alchemist_kedro.selection.manifest import select_from_scores, strategy_params
+from alchemist_kedro.selection.shards import img2dataset_tar
 from alchemist_kedro.shard_engine import LocalEngine, Part
-from alchemist_kedro.tables import feature_matrix, load_partition
+from alchemist_kedro.tables import concat_partitions, feature_matrix, load_partition, vector_column
 
 logger = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["uid", "source", "location", "split", "defect"]
+# sha256 and caption feed the exact-duplicate step; defect and duplicate_group are evaluation-only side columns.
+INDEX_COLUMNS = ["uid", "source", "location", "split", "sha256", "caption", "defect", "duplicate_group"]
 
 
 def pool_scores(scores: pd.DataFrame, sample_index: pd.DataFrame, *_upstream: Any) -> pd.DataFrame:
@@ -118,7 +127,7 @@ def build_sample_index(
     parts = []
     for partition, load in sorted(samples_index.items()):
         part = load()
-        missing = [c for c in ("uid", "source", "location") if c not in part.columns]
+        missing = [c for c in ("uid", "source", "location", "sha256", "caption") if c not in part.columns]
         if missing:
             raise ValueError(f"sample partition {partition} lacks columns {missing}")
         part = part.reindex(columns=INDEX_COLUMNS)
@@ -129,11 +138,44 @@ def build_sample_index(
     return pd.concat(parts, ignore_index=True)
 
 
-def build_ledger(manifest: pd.DataFrame, sample_index: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
+def deduplicate_pool(pool_scores: pd.DataFrame, sample_index: pd.DataFrame, embeddings: dict[str, Any],
+                     params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the selectable rows: one per duplicate group, the best-scored; the duplicate table of every scored row).
+
+    No per-sample score can tell which of two identical pairs to drop, so duplicates are a property of the pool:
+    exact (same image bytes and caption) and near (cosine of image ⊕ text embeddings above a threshold) groups,
+    selection/dedup.py. Rows left out are in the ledger as not_selected, "duplicate of <kept uid>".
+    """
+    if not params["enabled"]:
+        return pool_scores, pd.DataFrame({"uid": pool_scores["uid"].astype(str), "dedup_group": None, "group_size": 1,
+                                          "duplicate_kind": None, "is_kept": True})
+    table = pool_scores[["uid", "score"]].merge(sample_index[["uid", "sha256", "caption"]], on="uid", how="left",
+                                                validate="one_to_one")
+    features = None
+    if params["near_threshold"] is not None:
+        frame = concat_partitions(embeddings, ["uid", "image_emb", "text_emb"])
+        frame = table[["uid"]].merge(frame, on="uid", how="left", validate="one_to_one")
+        if frame["image_emb"].isna().any():
+            raise ValueError(f"{int(frame['image_emb'].isna().sum())} scored rows have no features for near dedup")
+        features = pair_features(vector_column(frame, "image_emb"), vector_column(frame, "text_emb"))
+    # A row the scorer could not score (NaN) ranks worst: it is kept only when it duplicates nothing better.
+    table["score"] = table["score"].fillna(-np.inf)
+    duplicates = dedup(table, score_column="score", features=features, exact=params["exact"],
+                       near_threshold=params["near_threshold"])
+    dropped = int((~duplicates["is_kept"]).sum())
+    logger.info("select: %d duplicate groups (%d rows); %d duplicates left out of the selection",
+                int(duplicates["dedup_group"].nunique()), int(duplicates["dedup_group"].notna().sum()), dropped)
+    keep = set(duplicates.loc[duplicates["is_kept"], "uid"])
+    return pool_scores[pool_scores["uid"].isin(keep)].reset_index(drop=True), duplicates
+
+
+def build_ledger(manifest: pd.DataFrame, sample_index: pd.DataFrame, quarantine: pd.DataFrame,
+                 duplicates: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every input row exactly once: samples are selected / not_selected, quarantine rows are quarantined.
 
-    Samples the scorer did not score (e.g. val/test splits) are not_selected with the reason saying why; a scored
-    uid that is not in the sample table means a stale score table, and stops the run.
+    Samples the scorer did not score (e.g. val/test splits) are not_selected with the reason saying why, and so are
+    duplicates the dedup step left out ("duplicate of <kept uid>"); a scored uid that is not in the sample table
+    means a stale score table, and stops the run.
     """
     if sample_index["uid"].duplicated().any():
         raise ValueError("sample table has duplicate uids; ingest should have quarantined them")
@@ -148,6 +190,13 @@ def build_ledger(manifest: pd.DataFrame, sample_index: pd.DataFrame, quarantine:
     reason = np.where(picked, "picked by " + joined["strategy"].fillna("").astype(str), "")
     reason = np.where(scored & ~picked, "not picked by " + joined["strategy"].fillna("").astype(str), reason)
     reason = np.where(~scored, "not scored (split " + joined["split"].fillna("?").astype(str) + ")", reason)
+    if duplicates is not None and (~duplicates["is_kept"]).any():
+        kept_of = duplicates[duplicates["is_kept"] & duplicates["dedup_group"].notna()].set_index("dedup_group")["uid"]
+        dropped = duplicates[~duplicates["is_kept"]]
+        dropped_reason = pd.Series(("duplicate of " + dropped["dedup_group"].map(kept_of).astype(str) + " ("
+                                    + dropped["duplicate_kind"].astype(str) + ")").to_numpy(), index=dropped["uid"])
+        is_dropped = joined["uid"].isin(dropped_reason.index).to_numpy()
+        reason = np.where(is_dropped, joined["uid"].map(dropped_reason).fillna("").astype(str), reason)
     samples_part = pd.DataFrame(
         {
             "uid": joined["uid"].astype(str),
@@ -187,6 +236,46 @@ def check_ledger(ledger: pd.DataFrame, manifest: pd.DataFrame, n_samples: int, n
     manifest_selected = set(manifest.loc[manifest["selected"], "uid"])
     if ledger_selected != manifest_selected:
         raise AssertionError("ledger's selected uids differ from the manifest's")
+
+
+def defect_kind_report(manifest: pd.DataFrame, pool_scores: pd.DataFrame, sample_index: pd.DataFrame,
+                       heuristic_scores: dict[str, Any], heuristic_feature_scores: dict[str, Any],
+                       params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Per defect kind (the evaluation-only `defect` column): mean percentile, share kept, clean-vs-kind ROC-AUC,
+    for this selection and for every heuristic table present at its best strategy (topk / band / shift_gsample at the
+    same ratio). → (table for data/08_reporting, MLflow metrics). Empty when the corpus has no defect labels."""
+    side = sample_index.loc[sample_index["split"] == "pool", ["uid", "defect", "duplicate_group"]]
+    if not side["defect"].notna().any():
+        return pd.DataFrame(columns=["scorer", "strategy", *REPORT_COLUMNS]), {}
+    # Duplicates the dedup step left out are rows of the pool this selection did not keep.
+    scored = pool_scores[["uid", "score"]].merge(manifest[["uid", "selected"]], on="uid", how="left")
+    scored["selected"] = scored["selected"].fillna(False).astype(bool)
+    side = side[side["uid"].isin(scored["uid"])]
+    scorer = str(manifest["scorer"].iloc[0]) if len(manifest) else "?"
+    strategy = str(manifest["strategy"].iloc[0]) if len(manifest) else "?"
+    frames = [defect_report(scored[["uid", "score"]], side, scored[["uid", "selected"]]).assign(
+        scorer=scorer, strategy=strategy)]
+    metrics = {f"select.defects.{k}": v for k, v in report_metrics(frames[0], "selection").items()}
+    dup = duplicate_report(side, scored)
+    metrics.update({f"select.duplicates.{k}": v for k, v in dup.items()})
+    ratio = float(scored["selected"].mean())
+    tables = {**{k: v for k, v in heuristic_feature_scores.items()}, **{k: v for k, v in heuristic_scores.items()}}
+    for name in sorted(tables):
+        if name in params["heuristics"] or not params["heuristics"]:
+            table = load_partition(tables[name])[["uid", "score"]]
+            table = table[table["uid"].isin(scored["uid"])]
+            if len(table) != len(scored):
+                logger.warning("select: the %s table covers %d of %d pool rows; left out of the defect report",
+                               name, len(table), len(scored))
+                continue
+            best = evaluate_strategies(table, side[["uid", "defect"]], ratio=ratio, seed=int(manifest["seed"].iloc[0]))
+            frames.append(best.report.assign(scorer=name, strategy=best.best))
+            metrics.update({f"select.defects.heuristic.{k}": v
+                            for k, v in report_metrics(best.report, f"{name}_{best.best}").items()})
+    report = pd.concat(frames, ignore_index=True)[["scorer", "strategy", *REPORT_COLUMNS]]
+    keys = [k for k in metrics if k.endswith((".kept_share", ".roc_auc", ".kept_share_vs_clean"))
+            or "duplicates" in k]
+    return report, {k: {"value": float(metrics[k]), "step": 0} for k in keys}
 
 
 def selected_uid_list(manifest: pd.DataFrame) -> np.ndarray:
