@@ -19,13 +19,26 @@ class RaterConfig:
     # An MLP over the concatenation must learn "does this caption fit this image" from scratch; the bilinear term
     # is that comparison's natural form (CLIP's score is one), so a caption that belongs elsewhere can be told apart.
     interaction_rank: int
+    # True: one more input feature, the cosine of the pair in a frozen contrastive image ↔ text projection fitted on
+    # the clean val pairs (models/alignment.py; the default run fits it anyway for evaluation). The frozen features
+    # come from two unrelated encoders; whether a caption belongs to its image is a comparison an MLP over their
+    # concatenation would have to learn from the meta-gradient alone. The rater learns how much to trust it.
+    alignment_feature: bool
+    alignment_config: dict | None = None  # the projection's AlignmentConfig (from its artifact, not from conf)
 
 
 class Rater(nn.Module):
     def __init__(self, config: RaterConfig):
         super().__init__()
         self.config = config
-        d = config.feature_dim
+        self.alignment = None
+        if config.alignment_feature:
+            if config.alignment_config is None:
+                raise ValueError("alignment_feature needs alignment_config (the fitted projection's config)")
+            from alchemist_kedro.models.alignment import AlignmentConfig, AlignmentModel
+
+            self.alignment = AlignmentModel(AlignmentConfig(**config.alignment_config)).requires_grad_(False)
+        d = config.feature_dim + (1 if self.alignment is not None else 0)
         # Standardisation is fixed (computed once on the pool, stored with the weights), not per batch: the
         # instance logit is the corpus-wide ranking key, so it must not depend on which batch a sample sits in.
         self.register_buffer("feature_mean", torch.zeros(d))
@@ -39,7 +52,7 @@ class Rater(nn.Module):
         )
         self.interaction = None
         if config.interaction_rank > 0:
-            image_dim = d - config.text_dim
+            image_dim = config.feature_dim - config.text_dim
             self.interaction = nn.ModuleDict({
                 "image": nn.Linear(image_dim, config.interaction_rank, bias=False),
                 "text": nn.Linear(config.text_dim, config.interaction_rank, bias=False),
@@ -50,20 +63,31 @@ class Rater(nn.Module):
             else None
         )
 
+    def inputs(self, features: torch.Tensor) -> torch.Tensor:
+        """image_emb ⊕ text_emb, plus the alignment cosine when the rater has one."""
+        if self.alignment is None:
+            return features
+        split = self.config.feature_dim - self.config.text_dim
+        with torch.no_grad():
+            cosine = self.alignment.eval()(features[..., :split], features[..., split:])
+        return torch.cat([features, cosine.unsqueeze(-1)], dim=-1)
+
     @torch.no_grad()
     def set_standardisation(self, features: torch.Tensor) -> None:
+        features = self.inputs(features)
         self.feature_mean.copy_(features.mean(0))
         # Floor: a constant feature dimension (padding, a dead unit) would otherwise divide by ~0.
         self.feature_std.copy_(features.std(0).clamp_min(1e-4))
 
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.feature_mean) / self.feature_std
+        return (self.inputs(features) - self.feature_mean) / self.feature_std
 
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
         logits = self.instance_mlp(f).squeeze(-1)
         if self.interaction is not None:
-            split = f.shape[-1] - self.config.text_dim
-            image, text = self.interaction["image"](f[..., :split]), self.interaction["text"](f[..., split:])
+            split = self.config.feature_dim - self.config.text_dim
+            image = self.interaction["image"](f[..., :split])
+            text = self.interaction["text"](f[..., split:split + self.config.text_dim])
             logits = logits + (image * text).sum(-1) / self.config.interaction_rank**0.5
         return logits
 
@@ -101,7 +125,7 @@ def rater_to_artifact(rater: Rater) -> dict:
 
 def rater_from_artifact(artifact: dict) -> Rater:
     # Artifacts written before these options existed: no interaction term (text_dim is then unused).
-    config = {"text_dim": 0, "interaction_rank": 0, **artifact["config"]}
+    config = {"text_dim": 0, "interaction_rank": 0, "alignment_feature": False, **artifact["config"]}
     rater = Rater(RaterConfig(**config))
     rater.load_state_dict(artifact["state_dict"])
     rater.eval()

@@ -185,10 +185,14 @@ def _step(optimizer, params, loss, clip):
 
 # ------------------------------------------------------------------------------------------- the steps
 def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterConfig, config: BilevelConfig,
-               vae=None) -> BilevelState:
+               vae=None, alignment_state: dict | None = None) -> BilevelState:
     torch.manual_seed(config.seed)  # initial weights of θ̂ and μ
     theta_hat = ProxyT2I(proxy_config, vae=vae)
     rater = Rater(rater_config)
+    if rater.alignment is not None:
+        if alignment_state is None:
+            raise ValueError("the rater's alignment feature needs the fitted alignment model's weights")
+        rater.alignment.load_state_dict(alignment_state)
     rater.set_standardisation(data.pool_features)
     opt_rater = torch.optim.AdamW(
         [
@@ -352,13 +356,14 @@ def train_rater_bilevel(
     checkpoint_dir: str | Path | None = None,
     on_step: Callable[[int], None] | None = None,
     vae=None,
+    alignment_state: dict | None = None,
 ) -> RaterTrainingResult:
     """Train the rater on `data` (a RaterData, or its pool_*/val_* dict). `on_step(global_step)` runs after each
     step (tests use it to simulate a kill). Checkpoints go to checkpoint_dir/<fingerprint of config + uids>."""
     data = RaterData.from_mapping(data)
     n_pool, n_val = len(data.pool), len(data.val)
     epoch_steps = config.ul_epoch_steps or math.ceil(n_pool / config.batch_size)
-    state = init_state(data, proxy_config, rater_config, config, vae)
+    state = init_state(data, proxy_config, rater_config, config, vae, alignment_state)
     probe = data.pool.rows(np.sort(np.random.default_rng(config.seed).permutation(n_pool)[: config.probe_size]))
     ckpt_dir = None
     if checkpoint_dir is not None:

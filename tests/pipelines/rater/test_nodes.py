@@ -67,7 +67,7 @@ def test_build_inputs_joins_by_uid_decodes_and_drops_test(tmp_path):
 def test_train_node_outputs_and_model_round_trip(tmp_path):
     samples, features = _tables()
     inputs = build_rater_inputs(samples, features, _params(tmp_path))
-    artifact, metrics, table, trace = train_rater(inputs, _params(tmp_path))
+    artifact, metrics, table, trace = train_rater(inputs, None, _params(tmp_path))
     assert {"meta/val_loss", "meta/batch_weight", "warmup/loss"} <= set(metrics)  # the catalog adds "rater."
     assert [p["step"] for p in metrics["meta/val_loss"]] == [2, 3, 4]
     assert set(table.columns) == {"metric", "step", "value"} and len(table) == sum(map(len, metrics.values()))
@@ -79,3 +79,27 @@ def test_train_node_outputs_and_model_round_trip(tmp_path):
     loaded = rater_from_artifact(ds.load())
     f = inputs.pool_features.numpy()
     np.testing.assert_array_equal(score_with_rater(loaded, f), score_with_rater(rater_from_artifact(artifact), f))
+
+
+def test_alignment_feature_travels_with_the_rater_artifact(tmp_path):
+    """model.alignment_feature: the fitted projection's cosine is a rater input, and the saved rater carries the
+    projection, so scoring a features table later needs nothing else."""
+    from alchemist_kedro.evaluation.downstream import fit_alignment_on_val
+
+    samples, features = _tables()
+    params = _params(tmp_path)
+    params["model"]["alignment_feature"] = True
+    index = {k: (lambda load=load: load()[["uid", "split"]]) for k, load in samples.items()}
+    alignment = fit_alignment_on_val(index, features, base_params("evaluate", alignment={"epochs": 3, "batch_size": 8}))
+    inputs = build_rater_inputs(samples, features, params)
+    artifact, *_ = train_rater(inputs, alignment, params)
+    rater = rater_from_artifact(artifact)
+    assert rater.alignment is not None and rater.feature_mean.shape == (18 + 1,)
+    f = inputs.pool_features
+    cosine = rater.inputs(f)[:, -1]
+    from alchemist_kedro.models.alignment import alignment_from_artifact
+
+    expected = alignment_from_artifact(alignment)(f[:, :12], f[:, 12:])
+    torch.testing.assert_close(cosine, expected)
+    np.testing.assert_array_equal(score_with_rater(rater, f.numpy()), score_with_rater(rater_from_artifact(artifact),
+                                                                                          f.numpy()))

@@ -40,7 +40,7 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
                      text_dim=len(pool_frame["text_emb"].iloc[0]), missing_features=missing)
 
 
-def train_rater(inputs: RaterData, params: dict):
+def train_rater(inputs: RaterData, alignment_model: dict, params: dict):
     """Bilevel training → (rater_model artifact, MLflow metrics history, history table, per-sample trace).
 
     Purity is bent on purpose: the loop writes checkpoints to params["checkpoint_dir"] mid-node, because a run of
@@ -49,10 +49,13 @@ def train_rater(inputs: RaterData, params: dict):
     """
     torch.set_num_threads(int(params["threads"]))
     proxy_config = ProxyConfig(**params["proxy"])
+    use_alignment = bool(params["model"]["alignment_feature"])
     rater_config = RaterConfig(feature_dim=int(inputs.pool_features.shape[1]), text_dim=inputs.text_dim,
+                               alignment_config=alignment_model["config"] if use_alignment else None,
                                **params["model"])
     config = BilevelConfig(**params["training"])
-    result = train_rater_bilevel(inputs, proxy_config, rater_config, config, checkpoint_dir=params["checkpoint_dir"])
+    result = train_rater_bilevel(inputs, proxy_config, rater_config, config, checkpoint_dir=params["checkpoint_dir"],
+                                 alignment_state=alignment_model["state_dict"] if use_alignment else None)
     final_step = config.warmup_steps + config.meta_steps
     for name, model in (("theta", result.theta), ("theta_hat", result.theta_hat)):
         val = inputs.val

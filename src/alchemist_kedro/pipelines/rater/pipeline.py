@@ -2,11 +2,13 @@
 from kedro.pipeline import Node, Pipeline
 
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs, rater_model_for_mlflow, train_rater
+from alchemist_kedro.pipelines.shared_nodes import fit_alignment_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
+            fit_alignment_node(),  # the rater's optional alignment input (model.alignment_feature)
             Node(
                 build_rater_inputs,
                 inputs=["samples", "features", "params:rater"],
@@ -15,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 train_rater,
-                inputs=["rater_inputs", "params:rater"],
+                inputs=["rater_inputs", "alignment_model", "params:rater"],
                 outputs=[
                     "rater_model",
                     "rater_training_history",
