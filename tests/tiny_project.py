@@ -44,7 +44,8 @@ def write_data(project: Path, n_pool: int = 48, n_val: int = 12, n_test: int = 6
         defect = DEFECTS[i % 3] if split == "pool" and i % 4 == 0 else None
         samples.append({"uid": uid, "caption": f"sample {i} ({defect or 'clean'})", "image": _png(rng, defect),
                         "width": 64, "height": 64, "sha256": f"{i:064x}", "source": "tiny", "split": split,
-                        "location": f"tiny.tar/{i}", "shard": f"{i % 2:05d}", "defect": defect})
+                        "location": f"tiny.tar/{i}", "shard": f"{i % 2:05d}", "defect": defect,
+                        "duplicate_group": None})
         features.append({"uid": uid, "image_emb": rng.normal(size=IMAGE_DIM).astype(np.float32),
                          "text_emb": rng.normal(size=TEXT_DIM).astype(np.float32),
                          "text_tokens": rng.normal(size=TOKENS * TOKEN_DIM).astype(np.float32),

@@ -46,6 +46,10 @@ class TrackingHooks:
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
         names = [names] if isinstance(names, str) else list(names)
         parameters = catalog.load("parameters") if "parameters" in catalog else {}
+        if "select" in parameters and "select_scores" in catalog:
+            # The scorer is named once, by the catalog's score table (globals.yml / --params select.scorer).
+            scorer = getattr(catalog.get("select_scores"), "scorer", None)
+            parameters = {**parameters, "select": {**parameters["select"], "scorer": scorer}}
         uses = runs.parameter_groups(pipeline.inputs())
         # Only replace kedro-mlflow's default name: a name set in mlflow.yml (tracking.run.name) stays.
         if run.info.run_name == "+".join(names):

@@ -9,6 +9,7 @@ from alchemist_kedro.evaluation import derangement, heldout_loss_metrics, per_ti
 from alchemist_kedro.models.proxy import per_sample_loss
 from alchemist_kedro.models.t2i import T2IModel
 from alchemist_kedro.training.t2i import T2ITrainingConfig, train_t2i
+from tests.conf_values import base_params
 from tests.training.test_t2i import colour_data, tiny_config
 
 torch.set_num_threads(1)
@@ -24,7 +25,8 @@ def _colour_set(n: int, prefix: str) -> dict:
 
 @pytest.fixture(scope="module")
 def trained():
-    config = T2ITrainingConfig(epochs=100 / 4, batch_size=8, learning_rate=2e-3, lr_warmup_steps=1, ema_decay=None)
+    config = T2ITrainingConfig(**base_params("train_t2i.training", epochs=100 / 4, batch_size=8, learning_rate=2e-3,
+                                             lr_warmup_steps=1, ema_decay=None))
     return train_t2i(_colour_set(32, "train"), tiny_config(resolution=RES), config).model
 
 

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
+
 from kedro.io.core import get_filepath_str
 from kedro_datasets.pandas import ParquetDataset
 from kedro_datasets.partitions import IncrementalDataset, PartitionedDataset
@@ -29,7 +31,28 @@ logger = logging.getLogger(__name__)
 
 
 class AtomicParquetDataset(ParquetDataset):
-    """``pandas.ParquetDataset`` with atomic local saves (same options, same loads)."""
+    """``pandas.ParquetDataset`` with atomic local saves (same options, same loads).
+
+    ``load_args.optional_columns``: columns read when the file has them (a table written before a column was added
+    to its schema, or by a tool that never writes it: the evaluation-only side columns); absent ones come back as
+    nulls, so a reader never depends on them being there.
+    """
+
+    def load(self):
+        optional = list(self._load_args.get("optional_columns") or [])
+        if not optional:
+            return super().load()
+        import pyarrow.parquet as pq
+
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        present = set(pq.read_schema(path).names)
+        args = {k: v for k, v in self._load_args.items() if k != "optional_columns"}
+        columns = list(args.pop("columns", None) or [])
+        frame = pd.read_parquet(path, columns=columns + [c for c in optional if c in present], **args)
+        for column in optional:
+            if column not in frame.columns:
+                frame[column] = None
+        return frame
 
     def save(self, data) -> None:
         if self._protocol != "file" or "partition_cols" in self._save_args:

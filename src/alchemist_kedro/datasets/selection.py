@@ -35,6 +35,11 @@ class ScoreTableDataset(AbstractDataset[None, pd.DataFrame]):
         table["scorer"] = self._scorer
         return table
 
+    @property
+    def scorer(self) -> str:
+        """The scorer this table belongs to: the one name a selection carries."""
+        return self._scorer
+
     def save(self, data: None) -> None:
         raise DatasetError("ScoreTableDataset is read-only: scorers write their own tables")
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conf_values import base_params
 from tests.pipelines.train_t2i.tables import t2i_params, tables
 
 REPO = Path(__file__).resolve().parents[3]
@@ -34,15 +35,16 @@ def _project(tmp_path: Path) -> Path:
     train["checkpoint_dir"] = "data/06_models/t2i_checkpoints"
     local = {
         "train_t2i": train,
-        "evaluate": {"threads": 1, "seed": 0, "max_test_samples": None, "sample_steps": 2, "guidance_scale": None,
-                     "batch_size": 8, "encoder_batch_size": 8,
-                     "image_encoder": {"name": "open_nsfw", "batch_size": 8, "threads": 1},
-                     "alignment": {"epochs": 5, "batch_size": 8}},
+        "evaluate": base_params("evaluate", threads=1, seed=0, max_test_samples=None, sample_steps=2,
+                                guidance_scale=None, batch_size=8, encoder_batch_size=8,
+                                image_encoder={"name": "open_nsfw", "batch_size": 8, "threads": 1},
+                                alignment={"epochs": 5, "batch_size": 8}),
         "compare": {
             "preset": "tiny",
             "arms": {"full": {"scorer": "none", "strategy": "topk", "ratio": 1.0},
                      "random": {"scorer": "none", "strategy": "random", "ratio": 0.5}},
             "presets": {"tiny": {"arms": ["full", "random"], "seeds": [0], "train_t2i": {"training": {"epochs": 1}}}},
+            "verdicts": base_params("compare.verdicts"),
         },
     }
     (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(local))

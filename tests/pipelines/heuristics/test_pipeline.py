@@ -1,6 +1,7 @@
 """The heuristics pipeline on tiny real partitioned parquet, through the project's own catalog entries."""
 from pathlib import Path
 
+import hashlib
 import cv2
 import numpy as np
 import pandas as pd
@@ -32,12 +33,12 @@ def sample_shard(shard: str, count: int, seed: int, broken: int | None = None) -
         blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
         image = cv2.resize(blocks, (64, 64), interpolation=cv2.INTER_NEAREST)
         image = cv2.GaussianBlur(image, (0, 0), 0.3 + 2.0 * rng.random())
-        rows.append({"uid": f"{shard}-{i:03d}", "caption": f"caption {i}",
-                     "image": b"\x89PNG broken" if i == broken else png(image), "width": 64, "height": 64,
+        data = b"\x89PNG broken" if i == broken else png(image)
+        rows.append({"uid": f"{shard}-{i:03d}", "caption": f"caption {i}", "image": data, "width": 64, "height": 64,
                      # some val rows: the alignment model (fitted in this pipeline) trains on them
-                     "sha256": "0" * 64, "source": "test", "split": "val" if i % 3 == 0 else "pool",
+                     "sha256": hashlib.sha256(data).hexdigest(), "source": "test", "split": "val" if i % 3 == 0 else "pool",
                      "location": f"{shard}.tar",
-                     "shard": shard, "defect": None})
+                     "shard": shard, "defect": None, "duplicate_group": None})
     return pd.DataFrame(rows)
 
 

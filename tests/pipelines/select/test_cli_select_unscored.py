@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 CONF_FILES = ("catalog.yml", "mlflow.yml", "parameters.yml", "globals.yml", "catalog_ingest.yml", "catalog_select.yml",
               "parameters_select.yml")
 # Everything of the select pipeline but the rater's own nodes (no rater in this project).
-NODES = ("select_build_sample_index", "select_pool_scores", "select_from_scores", "select_build_ledger",
+NODES = ("select_build_sample_index", "select_pool_scores", "select_deduplicate", "select_from_scores", "select_build_ledger",
          "select_write_uid_list", "select_log_metrics", "select_plot_score_histogram", "select_plot_contact_sheets")
 BROKEN = {"shard-0": (2, 5), "shard-1": (4,)}
 

@@ -127,7 +127,7 @@ def build_sample_index(
     parts = []
     for partition, load in sorted(samples_index.items()):
         part = load()
-        missing = [c for c in ("uid", "source", "location", "sha256", "caption") if c not in part.columns]
+        missing = [c for c in ("uid", "source", "location") if c not in part.columns]
         if missing:
             raise ValueError(f"sample partition {partition} lacks columns {missing}")
         part = part.reindex(columns=INDEX_COLUMNS)
@@ -151,8 +151,12 @@ def deduplicate_pool(pool_scores: pd.DataFrame, sample_index: pd.DataFrame, embe
                                           "duplicate_kind": None, "is_kept": True})
     table = pool_scores[["uid", "score"]].merge(sample_index[["uid", "sha256", "caption"]], on="uid", how="left",
                                                 validate="one_to_one")
-    features = None
-    if params["near_threshold"] is not None:
+    features, near_threshold = None, params["near_threshold"]
+    if near_threshold is not None and not embeddings:
+        # A selection by a heuristic on a project that never cached features: say so, group exact copies only.
+        logger.warning("select: no cached features; near dedup skipped, exact dedup only")
+        near_threshold = None
+    if near_threshold is not None:
         frame = concat_partitions(embeddings, ["uid", "image_emb", "text_emb"])
         frame = table[["uid"]].merge(frame, on="uid", how="left", validate="one_to_one")
         if frame["image_emb"].isna().any():
@@ -160,8 +164,12 @@ def deduplicate_pool(pool_scores: pd.DataFrame, sample_index: pd.DataFrame, embe
         features = pair_features(vector_column(frame, "image_emb"), vector_column(frame, "text_emb"))
     # A row the scorer could not score (NaN) ranks worst: it is kept only when it duplicates nothing better.
     table["score"] = table["score"].fillna(-np.inf)
-    duplicates = dedup(table, score_column="score", features=features, exact=params["exact"],
-                       near_threshold=params["near_threshold"])
+    exact = params["exact"]
+    if exact is not None and table["sha256"].isna().all():
+        # A sample table written without image hashes (not by this project's ingest): say so, group by features only.
+        logger.warning("select: the sample table has no sha256 column; exact dedup skipped, near dedup only")
+        exact = None
+    duplicates = dedup(table, score_column="score", features=features, exact=exact, near_threshold=near_threshold)
     dropped = int((~duplicates["is_kept"]).sum())
     logger.info("select: %d duplicate groups (%d rows); %d duplicates left out of the selection",
                 int(duplicates["dedup_group"].nunique()), int(duplicates["dedup_group"].notna().sum()), dropped)
