@@ -1,7 +1,7 @@
 """The heuristics pipeline on tiny real partitioned parquet, through the project's own catalog entries."""
+import hashlib
 from pathlib import Path
 
-import hashlib
 import cv2
 import numpy as np
 import pandas as pd
