@@ -34,7 +34,7 @@ def _pool():
 
 def test_dedup_keeps_the_best_scored_member_and_the_ledger_names_the_kept_one():
     index, scores, embeddings = _pool()
-    candidates, duplicates = nodes.deduplicate_pool(scores, index, embeddings, base_params("select.dedup"))
+    candidates, duplicates = nodes.deduplicate_pool(scores, index, embeddings, base_params("select.dedup", near_threshold=0.95))
     assert sorted(set(scores["uid"]) - set(candidates["uid"])) == ["u00", "u03"]
     kinds = duplicates.set_index("uid")["duplicate_kind"]
     assert kinds["u00"].startswith("exact") and kinds["u03"] == "near"
@@ -55,7 +55,7 @@ def test_dedup_off_keeps_every_row():
 
 def test_defect_report_rows_per_kind_for_the_selection_and_each_heuristic():
     index, scores, embeddings = _pool()
-    candidates, duplicates = nodes.deduplicate_pool(scores, index, embeddings, base_params("select.dedup"))
+    candidates, duplicates = nodes.deduplicate_pool(scores, index, embeddings, base_params("select.dedup", near_threshold=0.95))
     manifest = nodes.select_from_scores(candidates, base_params("select", strategy="topk", ratio=0.5))
     # A heuristic that puts the noise rows first: its best strategy must not be topk.
     heuristic = scores[["uid"]].assign(score=np.where(index["defect"].eq("noise"), 5.0, np.arange(12) / 12))
