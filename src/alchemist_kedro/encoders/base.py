@@ -10,7 +10,6 @@ when it changes, so swapping weights (or a setting that matters) can never silen
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence

@@ -6,7 +6,7 @@ so a loss difference between two models or two samples reflects them and not the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

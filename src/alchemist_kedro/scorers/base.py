@@ -8,12 +8,10 @@ scores can be reused exactly when they would come out the same. A new scorer is 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np

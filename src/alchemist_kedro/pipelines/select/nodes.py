@@ -6,7 +6,6 @@ plots and metrics. All functions are pure: Kedro datasets do the I/O.
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable
 
