@@ -1,13 +1,19 @@
 """The shard engine's plan: what is reused, what is computed, what is stale; and that run computes lazily."""
 import pandas as pd
 
-from alchemist_kedro.shard_engine import LocalEngine, Part, ShardTask
+from alchemist_kedro.hashing import row_digests
+from alchemist_kedro.shard_engine import LocalEngine, Part, ShardTask, row_keys
 
 PARTS = {"a": Part("a_version", "a-1", ("a",)), "b": Part("b_version", "b-1", ("b",))}
 UIDS = {"s0": ["x", "y"], "s1": ["z"], "s2": ["w"]}
 
 
+def digest(uid: str) -> str:
+    return f"content-of-{uid}"
+
+
 def stored(uids, **columns) -> pd.DataFrame:
+    columns.setdefault("source_digest", [digest(uid) for uid in uids])
     return pd.DataFrame({"uid": uids, **columns})
 
 
@@ -16,7 +22,7 @@ def plan_with(existing, ordered_uids=True, uids=UIDS):
 
     def uids_of(shard):
         reads.append(shard)
-        return uids.get(shard)
+        return None if uids.get(shard) is None else row_keys(stored(uids[shard]))
 
     return LocalEngine().plan(uids, existing, PARTS, uids_of, ordered_uids), reads
 
@@ -46,6 +52,21 @@ def test_uids_fingerprints_and_columns_each_invalidate():
     assert plan_with(no_values)[0].tasks[0] == ShardTask("s0", ("a",), ("b",))
     unknown = plan_with({"s0": stored(["x", "y"], **current)}, uids={"s0": None})[0]
     assert unknown.tasks == (ShardTask("s0", ("a", "b"), ()),)
+
+
+def test_same_uids_with_other_content_or_no_digest_are_recomputed():
+    current = dict(a=[1.0, 2.0], a_version="a-1", b=[3.0, 4.0], b_version="b-1")
+    other = {"s0": stored(["x", "y"], **current, source_digest=[digest("x"), "an edited image"])}
+    assert plan_with(other)[0].tasks[0] == ShardTask("s0", ("a", "b"), ())
+    legacy = {"s0": pd.DataFrame({"uid": ["x", "y"], **current})}  # written before digests existed
+    assert plan_with(legacy)[0].tasks[0] == ShardTask("s0", ("a", "b"), ())
+
+
+def test_row_keys_of_a_samples_frame_follow_image_bytes_and_caption():
+    samples = pd.DataFrame({"uid": ["x", "x", "x"], "sha256": ["aa", "ab", "aa"], "caption": ["c", "c", "d"]})
+    keys = row_keys(samples)
+    assert len(set(keys)) == 3  # another image or another caption under the same uid: another key
+    assert keys[0] == row_keys(samples.assign(source_digest=row_digests(samples.sha256, samples.caption)))[0]
 
 
 def test_run_binds_without_computing():

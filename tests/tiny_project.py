@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from alchemist_kedro.hashing import row_digests
 import yaml
 from PIL import Image
 
@@ -49,7 +51,8 @@ def write_data(project: Path, n_pool: int = 48, n_val: int = 12, n_test: int = 6
         features.append({"uid": uid, "image_emb": rng.normal(size=IMAGE_DIM).astype(np.float32),
                          "text_emb": rng.normal(size=TEXT_DIM).astype(np.float32),
                          "text_tokens": rng.normal(size=TOKENS * TOKEN_DIM).astype(np.float32),
-                         "text_mask": np.array([1, 1, 1, 0], np.int8), "fingerprint": "fp"})
+                         "text_mask": np.array([1, 1, 1, 0], np.int8), "fingerprint": "fp",
+                         "source_digest": row_digests([samples[-1]["sha256"]], [samples[-1]["caption"]])[0]})
     samples, features = pd.DataFrame(samples), pd.DataFrame(features)
     for folder in ("03_primary/samples", "04_feature/features"):
         (project / "data" / folder).mkdir(parents=True)

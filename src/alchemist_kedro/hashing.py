@@ -26,6 +26,13 @@ def run_fingerprint(config: Any, *uid_lists: Sequence[str], length: int = 16) ->
     return digest.hexdigest()[:length]
 
 
+def row_digests(sha256: Iterable[Any], captions: Iterable[Any], length: int = 16) -> list[str]:
+    """Per-row content digest of a sample: its image bytes' sha256 and its caption. Caches key on (uid, this), so a
+    rebuilt corpus that reuses a uid for other content is recomputed instead of served stale features."""
+    return [hashlib.sha256(f"{image}\x1f{caption}".encode()).hexdigest()[:length]
+            for image, caption in zip(sha256, captions)]
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes, memoised by (path, size, mtime): weights are hashed once per process."""
     path = Path(path)

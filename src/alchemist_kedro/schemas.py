@@ -83,5 +83,7 @@ FEATURE_SCHEMA = pa.schema(
         # "<image encoder>@<weights sha256[:16]>|<text encoder>@<weights sha256[:16]>|<settings hash>":
         # a shard is recomputed only when this changes.
         ("fingerprint", pa.string()),
+        # hashing.row_digests(sha256, caption) of the sample row: caches key on (uid, source_digest), not uid alone.
+        ("source_digest", pa.string()),
     ]
 )

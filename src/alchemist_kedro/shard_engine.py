@@ -4,11 +4,13 @@ the rest. Used by the features, heuristics and rater-scoring nodes; no Kedro her
 A node's output is one partition per input shard (same partition id). The stored partition says what produced it
 through fingerprint columns: one per independently reusable *part* (the features shard has one, `fingerprint`; the
 heuristics raw-score shard has one per scorer, `<scorer>_version`). A part is reused when every stored row carries its
-current fingerprint, its data columns are there, and the stored uids are the input shard's (as a set, or in order when
-the caller joins kept and new columns by position). Everything else is computed.
+current fingerprint, its data columns are there, and the stored row keys are the input shard's (as a set, or in order
+when the caller joins kept and new columns by position). A row key is (uid, content digest of the sample's image and
+caption: `source_digest`), so a rebuilt corpus that reuses uids for other content is recomputed. Everything else is
+computed.
 
     engine = LocalEngine()
-    plan = engine.plan(shards, existing, parts, uids_of, ordered_uids=False)
+    plan = engine.plan(shards, existing, parts, keys_of, ordered_uids=False)   # keys_of(shard) -> row_keys(...)
     partitions = engine.run(plan, compute)   # {shard: () -> DataFrame}, for PartitionedDataset's lazy save
 
 `run` only binds: nothing is computed until the dataset calls a partition, so memory holds one shard at a time and
@@ -24,9 +26,26 @@ from typing import Any
 
 import pandas as pd
 
+from alchemist_kedro.hashing import row_digests
 from alchemist_kedro.tables import load_partition
 
 Partition = Callable[[], pd.DataFrame]
+DIGEST_COLUMN = "source_digest"
+
+
+def source_digests(frame: pd.DataFrame) -> list[str]:
+    """Each row's content digest: its stored `source_digest`, else computed from sha256 + caption (a samples frame)."""
+    if DIGEST_COLUMN in frame.columns:
+        return frame[DIGEST_COLUMN].astype(str).tolist()
+    if {"sha256", "caption"} <= set(frame.columns):
+        return row_digests(frame["sha256"].astype(str), frame["caption"].astype(str))
+    raise ValueError(f"row keys need a {DIGEST_COLUMN!r} column or the samples' sha256 and caption; got "
+                     f"{sorted(frame.columns)}")
+
+
+def row_keys(frame: pd.DataFrame) -> list[str]:
+    """(uid, content digest) of every row, as strings: what a cached output must match to be reused."""
+    return [f"{uid}\x1f{digest}" for uid, digest in zip(frame["uid"].astype(str), source_digests(frame))]
 
 
 @dataclass(frozen=True)
@@ -69,12 +88,13 @@ class Plan:
 def current_parts(
     stored: pd.DataFrame | None,
     parts: Mapping[str, Part],
-    uids: Callable[[], Sequence[str] | None],
+    keys: Callable[[], Sequence[str] | None],
     ordered_uids: bool,
 ) -> set[str]:
-    """The parts of one stored partition that are still valid. `uids` is called only when some fingerprint matches
-    (it may read the input shard)."""
-    if stored is None or "uid" not in stored.columns:
+    """The parts of one stored partition that are still valid. `keys` (the input shard's `row_keys`) is called only
+    when some fingerprint matches (it may read the input shard). A stored partition without content digests (written
+    before they existed) is never reused."""
+    if stored is None or "uid" not in stored.columns or DIGEST_COLUMN not in stored.columns:
         return set()
     matching = {
         name
@@ -85,12 +105,12 @@ def current_parts(
     }
     if not matching:
         return set()
-    expected = uids()
+    expected = keys()
     if expected is None:
         return set()
-    stored_uids = stored["uid"].astype(str).tolist()
-    expected = [str(uid) for uid in expected]
-    same = stored_uids == expected if ordered_uids else set(stored_uids) == set(expected)
+    stored_keys = row_keys(stored)
+    expected = [str(key) for key in expected]
+    same = stored_keys == expected if ordered_uids else set(stored_keys) == set(expected)
     return matching if same else set()
 
 
@@ -102,20 +122,20 @@ class ShardEngine(ABC):
         shards: Iterable[str],
         existing: Mapping[str, Any],
         parts: Mapping[str, Part],
-        uids_of: Callable[[str], Sequence[str] | None],
+        keys_of: Callable[[str], Sequence[str] | None],
         ordered_uids: bool,
     ) -> Plan:
         """Which parts of which shards to compute.
 
         shards: the input shard ids; existing: stored output partitions (loaders or frames) by shard id; parts: the
-        output's reusable parts, in output order; uids_of(shard): the input shard's uids (None = unknown, nothing
+        output's reusable parts, in output order; keys_of(shard): the input shard's `row_keys` (None = unknown, nothing
         reusable), called only for shards whose stored fingerprints match.
         """
         shards = sorted(shards)
         tasks, reused = [], []
         for shard in shards:
             stored = load_partition(existing[shard]) if shard in existing else None
-            kept = current_parts(stored, parts, lambda shard=shard: uids_of(shard), ordered_uids)
+            kept = current_parts(stored, parts, lambda shard=shard: keys_of(shard), ordered_uids)
             todo = tuple(name for name in parts if name not in kept)
             if todo:
                 tasks.append(ShardTask(shard, todo, tuple(name for name in parts if name in kept)))

@@ -1,5 +1,6 @@
 """The features node on tiny real partitions, saved and read back through the catalog entries of
 conf/base/catalog_features.yml (paths moved to a tmp dir), with the real default encoders."""
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,17 @@ PARAMS = yaml.safe_load((ROOT / "conf/base/parameters_features.yml").read_text()
 CAPTIONS = ["a red circle", "a blue square", "a colour gradient", "green stripes"]
 
 
-def samples_shard(shard: str, indices: list[int]) -> pd.DataFrame:
+def samples_shard(shard: str, indices: list[int], image_of=None) -> pd.DataFrame:
+    """uids `<shard>-<i>`; image_of(i) picks which drawn image row i gets (default: its own)."""
     images = drawn_images()
+    pngs = [png_bytes(images[image_of(i) if image_of else i]) for i in indices]
     return pd.DataFrame(
         {
             "uid": [f"{shard}-{i}" for i in indices],
             "caption": [CAPTIONS[i] for i in indices],
-            "image": [png_bytes(images[i]) for i in indices],
-            "width": 64, "height": 64, "sha256": "x", "source": "test", "split": "pool",
+            "image": pngs,
+            "sha256": [hashlib.sha256(png).hexdigest() for png in pngs],
+            "width": 64, "height": 64, "source": "test", "split": "pool",
             "location": "mem", "shard": shard, "defect": None,
         }
     )
@@ -94,6 +98,26 @@ def test_features_schema_rows_and_cache(catalog, tmp_path):
     features, metrics, new_report = run(catalog, params)
     assert sorted(features) == ["shard-a", "shard-b"] and new_report["fingerprint"] != report["fingerprint"]
     assert {len(v) for v in catalog.load("features")["shard-a"]()["text_mask"]} == {8}
+
+
+def test_a_rebuilt_shard_with_the_same_uids_but_other_content_is_recomputed(catalog):
+    """The cache keys on (uid, sha256 + caption): a corpus rebuilt under the same uids must not reuse old features."""
+    run(catalog, PARAMS)
+    old = catalog.load("features")["shard-a"]()
+    # shard-a again, same uids, but row a-1 now holds image 3; shard-b unchanged.
+    catalog.save("samples", {"shard-a": samples_shard("a", [0, 1, 2], image_of=lambda i: 3 if i == 1 else i)})
+    features, metrics, _ = run(catalog, PARAMS)
+    assert sorted(features) == ["shard-a"] and metrics["features.shards_reused"]["value"] == 1
+    new = catalog.load("features")["shard-a"]()
+    assert new["uid"].tolist() == old["uid"].tolist()
+    assert not np.allclose(new["image_emb"].iloc[1], old["image_emb"].iloc[1], atol=1e-4)  # the new image's features
+    np.testing.assert_allclose(new["image_emb"].iloc[0], old["image_emb"].iloc[0], rtol=1e-5, atol=1e-5)
+    # A caption edited under the same uid recomputes too.
+    edited = samples_shard("a", [0, 1, 2], image_of=lambda i: 3 if i == 1 else i)
+    edited.loc[0, "caption"] = "a different caption"
+    catalog.save("samples", {"shard-a": edited})
+    features, _, _ = run(catalog, PARAMS)
+    assert sorted(features) == ["shard-a"]
 
 
 def test_stale_shards_are_reported(catalog, tmp_path):

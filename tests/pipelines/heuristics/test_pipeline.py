@@ -150,6 +150,15 @@ def test_scores_ranks_globally_resumes_and_rescores_on_change(tmp_path, params, 
     assert len(frequency) == 11 and frequency["scorer_version"].nunique() == 1
     assert frequency["scorer_version"].iloc[0] != expected_version(raw, "frequency")
 
+    # Same uids, other images (a corpus rebuilt under the same names): rescored whole, not served stale.
+    before = pd.read_parquet(data / "07_model_output/heuristic_raw_scores/shard-1.parquet")
+    write_samples(data / "03_primary/samples", {"shard-1": sample_shard("shard-1", 4, seed=3)})
+    calls.clear()
+    run(data, params)
+    assert calls == [("shard-1", ("clarity", "frequency", "edge_density", "nsfw"))]
+    after = pd.read_parquet(data / "07_model_output/heuristic_raw_scores/shard-1.parquet")
+    assert after["uid"].tolist() == before["uid"].tolist() and not np.allclose(after["clarity"], before["clarity"])
+
 
 def expected_version(raw: pd.DataFrame, name: str) -> str:
     return raw[f"{name}_version"].iloc[0]

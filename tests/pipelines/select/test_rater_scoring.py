@@ -27,6 +27,7 @@ def feature_shard(start: int, count: int) -> pd.DataFrame:
             "uid": [f"u{i:04d}" for i in range(start, start + count)],
             "image_emb": list(rng.normal(size=(count, IMAGE_DIM)).astype(np.float32)),
             "text_emb": list(rng.normal(size=(count, TEXT_DIM)).astype(np.float32)),
+            "source_digest": [f"d{i:04d}" for i in range(start, start + count)],
         }
     )
 
@@ -90,6 +91,10 @@ def test_resume_skips_shards_scored_by_the_same_rater_and_rescoring_a_new_rater(
 
     changed = dict(frames, a=feature_shard(100, 12))  # same shard name, other rows
     assert sorted(run_scoring(artifact, Loads(changed).partitions(), existing)) == ["a", "c"]
+
+    # Same uids, other content (features of a rebuilt sample): the row keys differ, so shard b is rescored.
+    rebuilt = dict(frames, b=feature_shard(12, 9).assign(source_digest=lambda f: f["source_digest"] + "-rebuilt"))
+    assert sorted(run_scoring(artifact, Loads(rebuilt).partitions(), existing)) == ["b", "c"]
 
 
 def test_ranking_refuses_scores_of_another_rater_or_a_missing_shard():

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from alchemist_kedro.encoders import ImageEncoder, TextEncoder, get_image_encoder, get_text_encoder
 from alchemist_kedro.encoders.base import settings_digest
 from alchemist_kedro.schemas import FEATURE_SCHEMA
-from alchemist_kedro.shard_engine import LocalEngine, Part, ShardTask
+from alchemist_kedro.shard_engine import LocalEngine, Part, ShardTask, row_keys, source_digests
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def encode_shard(
             "text_tokens": pd.Series(list(tokens), dtype=object),
             "text_mask": pd.Series(list(mask), dtype=object),
             "fingerprint": pd.Series([fingerprint] * count, dtype=object),
+            "source_digest": pd.Series(source_digests(samples), dtype=object),
         }
     )
     return table[FEATURE_SCHEMA.names]
@@ -124,27 +125,27 @@ def compute_features(
     """Plan and (lazily) compute the features of every samples shard.
 
     Returns (features: shard → save callable, for the shards to (re)compute only; metrics for MLflow; a report).
-    A cached shard is reused when all its rows carry the current fingerprint and its uid set equals the samples
-    shard's. Every samples shard is read once here, cheaply next to encoding, so bad input fails before any
+    A cached shard is reused when all its rows carry the current fingerprint and its (uid, content digest) set
+    equals the samples shard's. Every samples shard is read once here, cheaply next to encoding, so bad input fails before any
     encoding starts. Feature shards whose samples shard is gone are reported (`stale_shards`), not deleted:
     PartitionedDataset only deletes with `overwrite: true`, which wipes the whole folder before lazy saves run.
     """
     if not samples:
         raise ValueError("features: the samples table has no partitions (run the ingest pipeline first)")
-    shard_uids: dict[str, set[str]] = {}
+    shard_keys: dict[str, list[str]] = {}
     for shard in sorted(samples):  # validate every shard before any model is loaded
         table = samples[shard]()
         check_samples(shard, table)
-        shard_uids[shard] = set(table["uid"].astype(str))
+        shard_keys[shard] = row_keys(table)  # (uid, digest of sha256 + caption): a changed image or caption recomputes
         del table
     image_encoder, text_encoder, max_tokens = build_encoders(params)
     fingerprint = features_fingerprint(image_encoder, text_encoder, max_tokens)
     chunk_size = int(params["chunk_size"])
 
-    # One part: the whole shard, current when every row carries this fingerprint and the uid set is unchanged.
+    # One part: the whole shard, current when every row carries this fingerprint and the row keys are unchanged.
     engine = LocalEngine()
-    plan = engine.plan(shard_uids, features_cache, {"features": Part("fingerprint", fingerprint, ())},
-                       shard_uids.get, ordered_uids=False)
+    plan = engine.plan(shard_keys, features_cache, {"features": Part("fingerprint", fingerprint, ())},
+                       shard_keys.get, ordered_uids=False)
 
     def compute(task: ShardTask) -> pd.DataFrame:
         # Runs when PartitionedDataset saves this partition: one shard's features in memory at a time.
@@ -153,8 +154,8 @@ def compute_features(
 
     to_compute = engine.run(plan, compute)
     reused = list(plan.reused)
-    rows_computed = sum(len(shard_uids[shard]) for shard in plan.shards)
-    rows_reused = sum(len(shard_uids[shard]) for shard in reused)
+    rows_computed = sum(len(shard_keys[shard]) for shard in plan.shards)
+    rows_reused = sum(len(shard_keys[shard]) for shard in reused)
     stale = list(plan.stale)
     if stale:
         logger.warning(

@@ -24,7 +24,7 @@ from alchemist_kedro.reporting.plots import correlation_figure, raw_score_histog
 from alchemist_kedro.scorers import ScoreBatch, Scorer, build_score_table, get_scorer, scorer_class
 from alchemist_kedro.scorers.base import accepted_params
 from alchemist_kedro.scorers.decode import decode_images
-from alchemist_kedro.shard_engine import LocalEngine, Part, ShardTask
+from alchemist_kedro.shard_engine import DIGEST_COLUMN, LocalEngine, Part, ShardTask, row_keys, source_digests
 from alchemist_kedro.tables import feature_matrix, load_partition
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def score_table_shard(
     failed = sum(error is not None for error in decode_errors)
     if failed:
         logger.warning("shard %r: %d of %d images did not decode; their raw scores are NaN", shard, failed, count)
-    columns: dict[str, Any] = {"uid": uids, "decode_error": pd.array(decode_errors, dtype="string")}
+    columns: dict[str, Any] = {"uid": uids, DIGEST_COLUMN: source_digests(table),
+                               "decode_error": pd.array(decode_errors, dtype="string")}
     for scorer in scorers:
         columns[scorer.name] = raw[scorer.name]
         columns[version_column(scorer.name)] = scorer.version
@@ -157,8 +158,8 @@ def score_shards(
 ) -> tuple[dict[str, Callable[[], pd.DataFrame]], dict[str, str]]:
     """Raw scores per shard, saved lazily one partition at a time; shards already scored are left untouched.
 
-    samples: the sample table partitions (lazy); sample_uids: the same partitions, uid column only (cheap resume
-    check); existing_raw_scores: raw-score partitions already on disk ({} on a first run).
+    samples: the sample table partitions (lazy); sample_uids: the same partitions, uid, sha256 and caption only (cheap
+    resume check on row keys); existing_raw_scores: raw-score partitions already on disk ({} on a first run).
     Returns (partitions to write, {scorer: version}).
     """
     _set_threads(params["threads"])
@@ -182,7 +183,7 @@ def score_shards(
     by_name = {scorer.name: scorer for scorer in scorers}
     plan = engine.plan(
         samples, existing_raw_scores, parts,
-        lambda shard: sample_uids[shard]()["uid"].astype(str).tolist() if shard in sample_uids else None,
+        lambda shard: row_keys(sample_uids[shard]()) if shard in sample_uids else None,
         ordered_uids=True,
     )
     logger.info(

@@ -28,7 +28,7 @@ from alchemist_kedro.selection.datacomp import datacomp_subset_array, non_dataco
 from alchemist_kedro.selection.dedup import dedup, pair_features
 from alchemist_kedro.selection.manifest import select_from_scores, strategy_params
 from alchemist_kedro.selection.shards import img2dataset_tar
-from alchemist_kedro.shard_engine import LocalEngine, Part
+from alchemist_kedro.shard_engine import DIGEST_COLUMN, LocalEngine, Part, row_keys, source_digests
 from alchemist_kedro.tables import concat_partitions, feature_matrix, load_partition, vector_column
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def _score_shard(load_features: Callable[[], pd.DataFrame], scorer, group_batch_
             "raw_score": np.asarray(raw, dtype=np.float64),
             "batch_weight": scorer.batch_weights(features, group_batch_size) if len(uids) else np.zeros(0),
             "scorer_version": scorer.version,
+            DIGEST_COLUMN: source_digests(frame),
         }
     )
 
@@ -76,8 +77,8 @@ def score_shards_with_rater(
 ) -> dict[str, Callable[[], pd.DataFrame]]:
     """Raw rater scores (instance logit, plus the Group MLP's batch weight) per feature shard, lazily saved.
 
-    A shard already scored by the same rater version (a hash of its weights and config) over the same uids is
-    skipped: re-running after a crash, or after adding shards, scores only what is new. Memory holds one shard.
+    A shard already scored by the same rater version (a hash of its weights and config) over the same rows (uid and
+    content digest) is skipped: re-running after a crash, or after adding shards, scores only what is new. Memory holds one shard.
     """
     scorer = get_scorer("rater", artifact=rater_model, batch_size=int(params["batch_size"]))
     group_batch_size = int(params["group_batch_size"])
@@ -86,7 +87,7 @@ def score_shards_with_rater(
     engine = LocalEngine()
     plan = engine.plan(
         features, existing_scores, {"rater": Part("scorer_version", scorer.version, ())},
-        lambda shard: load_partition(features[shard])["uid"].astype(str).tolist(), ordered_uids=False,
+        lambda shard: row_keys(load_partition(features[shard])), ordered_uids=False,
     )
     logger.info("rater scoring (%s): %d shard(s) to score, %d already scored", scorer.version, len(plan.tasks),
                 len(features) - len(plan.tasks))
