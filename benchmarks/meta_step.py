@@ -1,7 +1,7 @@
 """One meta step (eq. 9 and eq. 6) vs one plain proxy training step on the same batch, in one run; and the quality
 of the rater's signal at each number K of CRN timesteps (per-sample loss noise vs between-sample spread).
 
-    .venv/bin/python benchmarks/meta_step.py [--threads 2] [--repeats 5] [--ks 1,2,4]
+    .venv/bin/python benchmarks/meta_step.py [--threads 2] [--repeats 5] [--ks 1,2,4] [--space pixels|embedding]
 
 Default proxy config (conf/base/parameters_rater.yml), inputs of the real shapes (16×384 tokens, 1408-d features):
 images are real-looking smooth blobs, not uniform noise, so the loss spread between samples is meaningful. Timings
@@ -26,10 +26,13 @@ from alchemist_kedro.training.bilevel import (
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_rater.yml"
 
 
-def synthetic_split(n: int, resolution: int, seed: int) -> Split:
+def synthetic_split(n: int, resolution: int, seed: int, space: str = "pixels") -> Split:
     g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1  # smooth images: upsampled 4×4 colour fields
-    images = torch.nn.functional.interpolate(low, size=resolution, mode="bilinear", align_corners=False)
+    if space == "embedding":  # 1024-d image embeddings with a shared component, as Open-NSFW's pooled features
+        images = torch.rand(1024, generator=torch.Generator().manual_seed(7)) * 3 + torch.rand(n, 1024, generator=g)
+    else:
+        low = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1  # smooth images: upsampled 4×4 colour fields
+        images = torch.nn.functional.interpolate(low, size=resolution, mode="bilinear", align_corners=False)
     return Split(images, torch.randn(n, 16, 384, generator=g), torch.ones(n, 16, dtype=torch.long),
                  [f"s{seed}-{i}" for i in range(n)])
 
@@ -39,13 +42,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ks", default="1,2,4", help="K values (CRN timesteps) to time and to measure the signal at")
+    ap.add_argument("--space", default=None, help="proxy space (pixels | embedding); default: the conf's")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = yaml.safe_load(CONF.read_text())["rater"]
+    if args.space:
+        params["proxy"]["space"] = args.space
+    params["model"]["alignment_feature"] = False  # needs a fitted alignment model; it is not part of the step cost
     proxy_config = ProxyConfig(**params["proxy"])
     base = dict(params["training"])
     b, bv, res = base["batch_size"], base["val_batch_size"], proxy_config.resolution
-    data = RaterData(synthetic_split(256, res, 0), synthetic_split(64, res, 1), torch.randn(256, 1408))
+    space = proxy_config.space
+    data = RaterData(synthetic_split(256, res, 0, space), synthetic_split(64, res, 1, space), torch.randn(256, 1408))
     ks = [int(k) for k in args.ks.split(",")]
 
     def fresh_state(**overrides):
@@ -92,7 +100,7 @@ def main():
         for name, fn in arms.items():
             times[name].append(fn())
     best = {name: min(v) for name, v in times.items()}
-    print(f"threads={args.threads} batch={b} val_batch={bv} resolution={res} repeats={args.repeats} "
+    print(f"space={space} threads={args.threads} batch={b} val_batch={bv} resolution={res} repeats={args.repeats} "
           f"(conf default: K={base['num_loss_timesteps']}, baseline={base['baseline']}, mode={base['mode']})")
     print(f"{'step':<18}{'ms':>9}{'x plain':>9}")
     for name, t in best.items():

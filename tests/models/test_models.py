@@ -3,7 +3,17 @@ import torch
 from diffusers import AutoencoderKL
 
 from tests.conf_values import base_params
-from alchemist_kedro.models.proxy import ProxyT2I, load_vae, per_sample_loss, stable_seed, training_loss
+import pytest
+
+from alchemist_kedro.models.proxy import (
+    EmbeddingProxy,
+    ProxyT2I,
+    build_proxy,
+    load_vae,
+    per_sample_loss,
+    stable_seed,
+    training_loss,
+)
 from alchemist_kedro.models.rater import Rater, RaterConfig, score_with_rater
 from tests.training.synthetic import make_data, tiny_proxy_config
 
@@ -65,20 +75,71 @@ def test_latent_proxy_loads_a_local_autoencoder(tmp_path):
     assert all(p.grad is None for p in load_vae(tmp_path / "vae").parameters())
 
 
+def _embedding_batch(n=32, dim=24, seed=0):
+    """Image embeddings that share a large common component (as a pretrained encoder's do) plus a small part that
+    the caption predicts: tokens carry the embedding's projection."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=dim) * 5
+    specific = rng.normal(size=(n, dim)).astype(np.float32)
+    images = torch.tensor(common + 0.3 * specific, dtype=torch.float32)
+    tokens = torch.zeros(n, 4, 32)
+    tokens[:, 0, :dim] = torch.tensor(specific)
+    mask = torch.tensor([[1, 0, 0, 0]] * n)
+    return images, tokens, mask, [f"e{i}" for i in range(n)]
+
+
+def test_embedding_proxy_standardises_with_pool_statistics_and_checks_its_input():
+    images, tokens, mask, uids = _embedding_batch()
+    proxy = build_proxy(tiny_proxy_config(space="embedding", prior_hidden_dim=32, prior_blocks=1), images)
+    assert isinstance(proxy, EmbeddingProxy)
+    z = proxy.encode(images)
+    torch.testing.assert_close(z.mean(0), torch.zeros(24), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(24), atol=1e-3, rtol=0)
+    # The statistics travel with the network's state dict (checkpoints save `network`).
+    assert {"data_mean", "data_std"} <= set(proxy.network.state_dict())
+    with pytest.raises(ValueError, match="image embeddings"):
+        proxy.encode(torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="image embeddings"):
+        build_proxy(tiny_proxy_config(space="embedding"), torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="vae_path"):
+        tiny_proxy_config(space="embedding", vae_path="/models/vae")
+    with pytest.raises(ValueError, match="pixels or embedding"):
+        tiny_proxy_config(space="latent")
+
+
+def test_trained_embedding_prior_reads_the_caption():
+    """What issue 12 measured the UNet proxy lacks: after training, another row's caption costs loss."""
+    from alchemist_kedro.training.diagnostics import caption_sensitivity
+
+    images, tokens, mask, uids = _embedding_batch(n=64)
+    torch.manual_seed(0)
+    proxy = build_proxy(tiny_proxy_config(space="embedding", prior_hidden_dim=64, prior_blocks=2), images)
+    before = caption_sensitivity(proxy, images, tokens, mask, uids, num_timesteps=4, noise_seed=0)
+    optimiser = torch.optim.AdamW(proxy.parameters(), lr=1e-3)
+    for step in range(300):
+        loss = training_loss(proxy, images, tokens, mask, torch.Generator().manual_seed(step)).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    after = caption_sensitivity(proxy, images, tokens, mask, uids, num_timesteps=4, noise_seed=0)
+    assert after["caption_sensitivity"] > 0.2, (before, after)
+    assert after["loss_own"] < before["loss_own"]
+
+
 def test_rater_weights_single_softmax_times_batch_weight():
     torch.manual_seed(0)
-    rater = Rater(RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
+    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
     f = torch.randn(5, 10)
     logits, w_inst, w_b, w = rater(f)
     assert torch.allclose(w_inst, torch.softmax(logits, 0))
     assert torch.allclose(w.sum(), w_b) and 0 < float(w_b) < 1
-    no_group = Rater(RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=False)))
+    no_group = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=False)))
     assert float(no_group(f)[2]) == 1.0
 
 
 def test_scores_are_batch_independent():
     torch.manual_seed(0)
-    rater = Rater(RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
+    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
     f = torch.randn(50, 10) * 3 + 1
     rater.set_standardisation(f)
     full = score_with_rater(rater, f.numpy())

@@ -36,9 +36,9 @@ def test_run_name_and_tags_say_what_ran(recorded):
     run = recorded["run"]
     name = run.info.run_name
     assert set(name.split(" · ")[0].split("+")) == {"rater", "select"}
-    assert "select rater shift_gsample ratio 0.5" in name and "rater eq9" in name
+    assert "select rater topk ratio 0.5" in name and "rater eq9" in name
     assert {k: run.data.tags[k] for k in ("strategy", "scorer", "ratio")} == {
-        "strategy": "shift_gsample", "scorer": "rater", "ratio": "0.500"}
+        "strategy": "topk", "scorer": "rater", "ratio": "0.500"}
 
 
 def test_selection_manifest_is_the_runs_dataset_input_with_its_digest(recorded):

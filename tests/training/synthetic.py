@@ -22,6 +22,7 @@ def tiny_proxy_config(**overrides) -> ProxyConfig:
         norm_num_groups=8,
         cross_attention_dim=TOKEN_DIM,
         attention_heads=2,
+        space="pixels",  # the fixture's images are pixels; tests of the embedding prior ask for it
     )
     cfg.update(overrides)
     return ProxyConfig(**base_params("rater.proxy", **cfg))

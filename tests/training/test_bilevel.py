@@ -19,7 +19,7 @@ class Killed(Exception):
 @pytest.fixture(scope="module")
 def trained():
     data, defects = make_data(n_pool=256, n_val=64, seed=0)
-    rater_config = RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=64, group_hidden_dim=32, use_group=True))
+    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=64, group_hidden_dim=32, use_group=True))
     config = BilevelConfig(**base_params("rater.training", warmup_steps=40, meta_steps=40, batch_size=32, val_batch_size=16, proxy_lr=1e-3,
                            rater_lr=1e-3, rater_group_lr=1e-4, ul_epoch_steps=8, trace_every=1000, probe_size=4))
     result = train_rater_bilevel(data, tiny_proxy_config(), rater_config, config)
@@ -52,7 +52,7 @@ def test_batch_weight_moves_but_does_not_collapse_or_saturate(trained):
 
 def _small_run(tmp_path=None, on_step=None, mode="eq6", seed=0):
     data, _ = make_data(n_pool=48, n_val=16, seed=1)
-    rater_config = RaterConfig(**base_params("rater.model", text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True))
+    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True))
     config = BilevelConfig(**base_params("rater.training", mode=mode, warmup_steps=3, meta_steps=6, batch_size=8, val_batch_size=4, proxy_lr=1e-3,
                            ul_start=0.9, ul_epoch_steps=2, ul_step_per_epoch=0.1, checkpoint_every=2, trace_every=3,
                            probe_size=3, seed=seed))
@@ -86,3 +86,33 @@ def test_same_seed_same_weights_and_other_seed_differs():
     a, b, c = _small_run(mode="eq9"), _small_run(mode="eq9"), _small_run(mode="eq9", seed=1)
     assert _same_state(a.rater, b.rater)
     assert not _same_state(a.rater, c.rater)
+
+
+def test_embedding_prior_eq6_rater_ranks_wrong_captions_below_clean_and_an_untrained_rater_does_not():
+    """Issue 12's fixture check: clean pairs, captions naming another item's colour, pure-noise images. The proxy is
+    the embedding-space prior (models/proxy.py EmbeddingProxy) on the fixture's image features; the signal is
+    eq. 6 (L(θ) − L(θ̂)). The rater must rank the wrong captions below clean pairs, which an untrained one cannot."""
+    data, defects = make_data(n_pool=256, n_val=64, seed=0)
+    image_dim = data["pool_features"].shape[1] - 32  # the fixture's features: toy image statistics ⊕ caption (32)
+    data = {**data, "pool_images": data["pool_features"][:, :image_dim].clone(),
+            "val_images": data["val_features"][:, :image_dim].clone()}
+    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, text_dim=32, feature_dim=data["pool_features"].shape[1],
+                                             hidden_dim=64, group_hidden_dim=32, interaction_rank=8))
+    config = BilevelConfig(**base_params("rater.training", mode="eq6", warmup_steps=300, meta_steps=600, batch_size=32,
+                                         val_batch_size=16, proxy_lr=1e-3, rater_lr=1e-3, rater_group_lr=1e-4,
+                                         ul_epoch_steps=8, trace_every=10**6, probe_size=4))
+    proxy = tiny_proxy_config(space="embedding", prior_hidden_dim=128, prior_blocks=2)
+    result = train_rater_bilevel(data, proxy, rater_config, config)
+    torch.manual_seed(config.seed + 1)
+    untrained = Rater(rater_config)
+    untrained.set_standardisation(data["pool_features"])
+    clean = np.array([d is None for d in defects])
+
+    def auc(rater, kind):
+        rows = clean | np.array([d == kind for d in defects])
+        return roc_auc_score(clean[rows], score_with_rater(rater, data["pool_features"])[rows])
+
+    aucs = {kind: (auc(result.rater, kind), auc(untrained, kind)) for kind in ("mismatch", "noise")}
+    message = ", ".join(f"{kind}: trained {a:.3f} / untrained {b:.3f}" for kind, (a, b) in aucs.items())
+    assert aucs["mismatch"][0] >= 0.75 and aucs["mismatch"][1] < 0.6, message
+    assert aucs["noise"][0] >= 0.8, message

@@ -10,7 +10,7 @@ DDIMScheduler.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -28,6 +28,15 @@ class T2IConfig(ProxyConfig):
     sample_steps: int  # DDIM steps
     guidance_scale: float  # CFG: ε_uncond + s · (ε_cond − ε_uncond); 1.0 = no guidance
     eta: float  # DDIM η (0 = deterministic given the initial noise)
+    # The downstream model is a UNet (pixels or VAE latents), never the rater's embedding prior: fixed, not conf.
+    space: str = field(default="pixels", kw_only=True)
+    prior_hidden_dim: int = field(default=0, kw_only=True)
+    prior_blocks: int = field(default=0, kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.space != "pixels":
+            raise ValueError("the downstream T2I model is a UNet: space must be pixels")
 
 
 def t2i_config_from_dict(values: dict) -> T2IConfig:

@@ -24,8 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from alchemist_kedro.models.proxy import (
+    DiffusionProxy,
     ProxyConfig,
-    ProxyT2I,
+    build_proxy,
     draw_training_noise,
     generator_for,
     per_sample_loss,
@@ -38,7 +39,9 @@ from alchemist_kedro.training.checkpoints import load_latest_checkpoint, save_ch
 
 @dataclass
 class BilevelConfig:
-    mode: str  # eq9 (default, the paper's simplification) | eq6 (reference model θ̂)
+    # eq9 (the paper's simplification: s = L(θ)) | eq6 (reference model θ̂: s = L(θ) − L(θ̂)) | influence (s = the
+    # one-step meta-gradient −⟨∇L(θ; x_i), ĝ_val⟩ by a central difference on the CRN draws; see influence_signal)
+    mode: str
     warmup_steps: int
     meta_steps: int
     batch_size: int
@@ -76,6 +79,12 @@ class BilevelConfig:
     # the loss's spread within the batch. A caption that explains its image lowers the loss below the null
     # caption's; one that belongs elsewhere does not. 0 = the paper's signal alone (one fewer pass per batch).
     caption_gain_weight: float
+    # influence only: which proxy parameters the val direction ĝ spans. "all"; "text": the caption pathway only
+    # (cross-attention, and the pooled-caption class embedding), where an image statistic cannot leak in; "both": the
+    # sum of the two signals, each scaled to unit spread in the batch.
+    influence_params: str
+    # influence only: the probe's step ε along the unit direction ĝ, relative to the norm of the parameters it spans.
+    influence_eps: float
     checkpoint_every: int
     seed: int
     trace_every: int
@@ -83,15 +92,20 @@ class BilevelConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        if self.mode not in ("eq9", "eq6"):
-            raise ValueError(f"mode must be eq9 or eq6, got {self.mode!r}")
+        if self.mode not in ("eq9", "eq6", "influence"):
+            raise ValueError(f"mode must be eq9, eq6 or influence, got {self.mode!r}")
+        if self.influence_params not in ("all", "text", "both"):
+            raise ValueError(f"influence_params must be all, text or both, got {self.influence_params!r}")
+        if not self.influence_eps > 0:
+            raise ValueError(f"influence_eps must be > 0, got {self.influence_eps}")
         if self.baseline not in ("reference", "ema"):
             raise ValueError(f"baseline must be reference or ema, got {self.baseline!r}")
 
 
 @dataclass
 class Split:
-    """One split's tensors, aligned by row: images (N,3,R,R) in [-1,1], tokens (N,L,D), mask (N,L), uids."""
+    """One split's tensors, aligned by row: images (N,3,R,R) in [-1,1] (pixel proxy) or image embeddings (N,D)
+    (embedding proxy), caption tokens (N,L,D), mask (N,L), uids."""
 
     images: torch.Tensor
     tokens: torch.Tensor
@@ -137,11 +151,11 @@ class Batch:
 class BilevelState:
     """Everything that changes during training and goes into a checkpoint."""
 
-    theta_hat: ProxyT2I  # reference θ̂ (eq. 4 warm-up; eq. 6 keeps training it)
+    theta_hat: DiffusionProxy  # reference θ̂ (eq. 4 warm-up; eq. 6 keeps training it)
     rater: Rater
     opt_hat: torch.optim.Optimizer
     opt_rater: torch.optim.Optimizer
-    theta: ProxyT2I | None = None  # primary θ, a copy of θ̂ once the meta phase starts
+    theta: DiffusionProxy | None = None  # primary θ, a copy of θ̂ once the meta phase starts
     opt_theta: torch.optim.Optimizer | None = None
     step: int = 0
     baseline: float | None = None  # b of the rater step
@@ -158,8 +172,8 @@ class RaterTrainingResult:
     rater: Rater
     history: dict[str, list[dict]]  # metric name → [{"step": s, "value": v}, ...] (kedro-mlflow's layout)
     trace: list[dict]  # per-sample probe rows: step, uid, loss, grad_norm
-    theta: ProxyT2I | None = None
-    theta_hat: ProxyT2I | None = None
+    theta: DiffusionProxy | None = None
+    theta_hat: DiffusionProxy | None = None
 
 
 def _batch(num: int, size: int, seed: int, phase: str, step: int) -> np.ndarray:
@@ -187,7 +201,7 @@ def _step(optimizer, params, loss, clip):
 def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterConfig, config: BilevelConfig,
                vae=None, alignment_state: dict | None = None) -> BilevelState:
     torch.manual_seed(config.seed)  # initial weights of θ̂ and μ
-    theta_hat = ProxyT2I(proxy_config, vae=vae)
+    theta_hat = build_proxy(proxy_config, data.pool.images, vae=vae)
     rater = Rater(rater_config)
     if rater.alignment is not None:
         if alignment_state is None:
@@ -245,17 +259,95 @@ def rater_signal(state: BilevelState, rows: Split, config: BilevelConfig, phase:
         return l_theta, signal
 
 
+def caption_parameter_names(proxy: DiffusionProxy) -> list[str]:
+    """The proxy's caption pathway: every cross-attention block (diffusers names them attn2) and the pooled-caption
+    class embedding. With the caption zeroed these parameters see nothing, so a change along them moves only how the
+    caption is read, never how an image is denoised without it."""
+    names = [name for name, _ in proxy.named_parameters() if ".attn2." in name or ".class_embedding." in name]
+    if not names:
+        raise ValueError("the proxy has no cross-attention parameters: influence_params=text needs CrossAttn blocks")
+    return names
+
+
+def _influence_groups(theta: DiffusionProxy, which: str) -> list[list[str]]:
+    everything = [name for name, _ in theta.named_parameters()]
+    if which == "all":
+        return [everything]
+    if which == "text":
+        return [caption_parameter_names(theta)]
+    return [everything, caption_parameter_names(theta)]
+
+
+def influence_signal(theta: DiffusionProxy, rows: Split, val_loss: torch.Tensor, config: BilevelConfig, step: int,
+                     direction: list[dict[str, torch.Tensor]] | None = None):
+    """s_i = −⟨∇L(θ; x_i), ĝ⟩: the one-step meta-gradient of the val loss with respect to x_i's weight (up to the
+    step size), with ĝ = ∇L_val / ‖∇L_val‖ over the chosen parameters. A sample whose gradient points where the clean
+    val set wants θ to go gets s < 0 and is up-weighted; one the val set disagrees with (its caption belongs to another
+    image, its pixels are noise) gets s ≥ 0. Estimated by a central difference on the K-point CRN loss,
+    [L(θ − εĝ) − L(θ + εĝ)] / 2ε: two no-grad passes on a copy of θ, no per-sample gradients. Returns (L(θ) estimate,
+    s, direction) so a reference batch can reuse the direction."""
+    groups = _influence_groups(theta, config.influence_params)
+    params = dict(theta.named_parameters())
+    if direction is None:
+        direction = []
+        for names in groups:
+            grads = torch.autograd.grad(val_loss, [params[n] for n in names], retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(params[n]) if g is None else g.detach() for n, g in zip(names, grads)]
+            norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).clamp_min(1e-20)
+            direction.append({n: (g / norm).to(g.dtype) for n, g in zip(names, grads)})
+
+    signals, mids = [], []
+    with torch.no_grad():
+        probe = copy.deepcopy(theta)  # θ itself stays untouched: its val-loss graph is still to be back-propagated
+        probe_params = dict(probe.named_parameters())
+
+        def loss():
+            return per_sample_loss(probe, rows.images, rows.tokens, rows.mask, rows.uids,
+                                   num_timesteps=config.num_loss_timesteps, crn=config.crn, noise_seed=config.seed,
+                                   generator=generator_for(config.seed, "influence", step))
+
+        for d in direction:
+            eps = config.influence_eps * float(torch.sqrt(sum((params[n].detach().double() ** 2).sum() for n in d)))
+            for n, g in d.items():
+                probe_params[n].copy_(params[n]).add_(g, alpha=-eps)
+            minus = loss()
+            for n, g in d.items():
+                probe_params[n].copy_(params[n]).add_(g, alpha=eps)
+            plus = loss()
+            for n in d:
+                probe_params[n].copy_(params[n])
+            signals.append((minus - plus) / (2 * eps))
+            mids.append((minus + plus) / 2)
+        if len(signals) == 1:
+            signal = signals[0]
+        else:  # "both": each part at unit spread, so neither drowns the other
+            signal = sum(part / part.std().clamp_min(1e-20) for part in signals)
+    return mids[0], signal, direction
+
+
 def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Batch | None, config: BilevelConfig,
               ul: float, step: int) -> dict[str, float]:
     """One meta step (method.md "Training loop"): rater weights, θ step (eq. 5), θ̂ step (eq. 6), rater step."""
     theta, rater, eq6 = state.theta, state.rater, config.mode == "eq6"
     # W = softmax_B(a) · W_b (eq. 7 × Group MLP).
     logits, w_inst, w_batch, w = rater(batch.features)
+    x0v = theta.encode(val_batch.images)
+    t_v, eps_v, _ = draw_training_noise(theta, x0v, generator_for(config.seed, "val-noise", step))
+    val_loss = theta.loss_at(x0v, t_v, eps_v, val_batch.tokens, val_batch.mask).mean()
     # s at θ_k (and θ̂_k), evaluated before either proxy steps.
-    l_theta_crn, s = rater_signal(state, batch.rows, config, "crn", step)
+    if config.mode == "influence":
+        l_theta_crn, s, direction = influence_signal(theta, batch.rows, val_loss, config, step)
+        scale = s.std().clamp_min(1e-20) if len(s) > 1 else s.abs().clamp_min(1e-20)
+        s = s / scale  # unit spread: the rater's step and logit_l2 see the same scale at every step
+    else:
+        l_theta_crn, s = rater_signal(state, batch.rows, config, "crn", step)
     if reference is not None:
         # b = Σ W_inst s on a second random pool batch at the same θ: unbiased at every step.
-        _, s_ref = rater_signal(state, reference.rows, config, "crn-reference", step)
+        if config.mode == "influence":
+            _, s_ref, _ = influence_signal(theta, reference.rows, val_loss, config, step, direction)
+            s_ref = s_ref / scale
+        else:
+            _, s_ref = rater_signal(state, reference.rows, config, "crn-reference", step)
         with torch.no_grad():
             baseline = float((torch.softmax(rater.instance_logits(reference.features), 0) * s_ref).sum())
 
@@ -263,9 +355,6 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
     w_detached = w.detach()
     x0b = theta.encode(batch.rows.images)
     t_b, eps_b, _ = draw_training_noise(theta, x0b, generator_for(config.seed, "noise", step))
-    x0v = theta.encode(val_batch.images)
-    t_v, eps_v, _ = draw_training_noise(theta, x0v, generator_for(config.seed, "val-noise", step))
-    val_loss = theta.loss_at(x0v, t_v, eps_v, val_batch.tokens, val_batch.mask).mean()
     theta_loss = ul * val_loss
     if ul < 1.0:  # at ul = 1 the train term has weight 0: skip its forward/backward
         l_theta = theta.loss_at(x0b, t_b, eps_b, batch.rows.tokens, batch.rows.mask)
@@ -308,11 +397,11 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
 
 def record_probe(state: BilevelState, probe: Split, config: BilevelConfig, step: int) -> None:
     """Per-sample loss and gradient norm on a fixed probe (a Fig. 3-style plot by score band). The norm is taken at
-    the UNet's output conv: backprop to the last layer only keeps the per-sample norms cheap."""
+    the proxy's output layer: backprop to the last layer only keeps the per-sample norms cheap."""
     model = state.theta if state.theta is not None else state.theta_hat
     loss = per_sample_loss(model, probe.images, probe.tokens, probe.mask, probe.uids,
                            num_timesteps=config.num_loss_timesteps, noise_seed=config.seed)
-    params = list(model.unet.conv_out.parameters())
+    params = list(model.output_layer.parameters())
     for i, uid in enumerate(probe.uids):
         grads = torch.autograd.grad(loss[i], params, retain_graph=i < len(probe) - 1)
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
@@ -321,8 +410,8 @@ def record_probe(state: BilevelState, probe: Split, config: BilevelConfig, step:
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def _modules(state: BilevelState) -> dict:
-    return {"rater": state.rater, "theta_hat": state.theta_hat.unet,
-            "theta": state.theta.unet if state.theta is not None else None}
+    return {"rater": state.rater, "theta_hat": state.theta_hat.network,
+            "theta": state.theta.network if state.theta is not None else None}
 
 
 def _optimizers(state: BilevelState) -> dict:

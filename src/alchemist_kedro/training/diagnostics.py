@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from alchemist_kedro.models.proxy import ProxyT2I, per_sample_loss
+from alchemist_kedro.models.proxy import DiffusionProxy, per_sample_loss
 from alchemist_kedro.tables import derangement
 
 
 @torch.no_grad()
-def caption_sensitivity(model: ProxyT2I, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+def caption_sensitivity(model: DiffusionProxy, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
                         uids: list[str], num_timesteps: int, noise_seed: int, batch_size: int = 64) -> dict:
     """{loss_own, loss_shuffled, loss_null, caption_sensitivity, null_caption_sensitivity} over the given rows.
 

@@ -46,11 +46,23 @@ def _params(tmp_path):
         checkpoint_dir=str(tmp_path / "ckpt"),
         proxy={"resolution": 16, "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
                "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 8,
-               "cross_attention_dim": TOKEN_DIM},
-        model={"hidden_dim": 8, "group_hidden_dim": 4, "use_group": True},
+               "cross_attention_dim": TOKEN_DIM, "space": "pixels"},
+        model={"hidden_dim": 8, "group_hidden_dim": 4, "use_group": True, "alignment_feature": False},
         training={"warmup_steps": 2, "meta_steps": 3, "batch_size": 8, "val_batch_size": 4, "checkpoint_every": 2,
                   "trace_every": 2, "probe_size": 3, "ul_start": 0.5},
     )
+
+
+def test_embedding_proxy_trains_on_the_cached_image_embeddings_without_decoding(tmp_path):
+    samples, features = _tables()
+    params = _params(tmp_path)
+    params["proxy"]["space"] = "embedding"
+    out = build_rater_inputs(samples, features, params)
+    assert out.pool.images.shape == (23, 12) and out.val.images.shape == (8, 12)
+    by_uid = {row.uid: row.image_emb for row in pd.concat([f() for f in features.values()]).itertuples()}
+    np.testing.assert_array_equal(out.pool.images[0].numpy(), by_uid[out.pool.uids[0]])
+    artifact, metrics, _, trace = train_rater(out, None, params)
+    assert "diagnostics/theta_hat/caption_sensitivity" in metrics and len(trace) > 0
 
 
 def test_build_inputs_joins_by_uid_decodes_and_drops_test(tmp_path):

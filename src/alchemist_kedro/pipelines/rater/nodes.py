@@ -8,7 +8,14 @@ import torch
 
 from alchemist_kedro.models.proxy import ProxyConfig
 from alchemist_kedro.models.rater import RaterConfig, rater_to_artifact
-from alchemist_kedro.tables import decode_pngs, feature_matrix, history_table, join_samples_features, token_arrays
+from alchemist_kedro.tables import (
+    decode_pngs,
+    feature_matrix,
+    history_table,
+    join_samples_features,
+    token_arrays,
+    vector_column,
+)
 from alchemist_kedro.training.bilevel import BilevelConfig, RaterData, Split, train_rater_bilevel
 from alchemist_kedro.training.diagnostics import caption_sensitivity
 
@@ -18,11 +25,13 @@ TRAINING_SPLITS = ("pool", "val")
 
 
 def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData:
-    """Join pool/val samples with their features by uid; decode PNG → float (3, R, R) in [-1, 1].
+    """Join pool/val samples with their features by uid. What the proxy trains on: the PNG decoded to float
+    (3, R, R) in [-1, 1] (proxy.space = pixels), or the cached image embedding (proxy.space = embedding: no decode).
 
     The `defect` column is never read: it is evaluation-only. Samples without features are left out and counted.
     """
     resolution = int(params["proxy"]["resolution"])
+    embedding_space = params["proxy"]["space"] == "embedding"
     table = pd.concat([load() for _, load in sorted(samples.items())], ignore_index=True)[["uid", "image", "split"]]
     table = table[table["split"].isin(TRAINING_SPLITS)]
     joined, missing = join_samples_features(table, features, ["uid", "image", "split"])
@@ -33,8 +42,9 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
             raise ValueError("no pool samples with features: run the features pipeline first" if split == "pool" else
                              "no val samples with features: the meta-gradient needs a clean validation split")
         tokens, mask = token_arrays(part)
-        splits[split] = (Split(decode_pngs(part["image"].tolist(), resolution), tokens, mask, part["uid"].tolist()),
-                         part)
+        images = (torch.from_numpy(vector_column(part, "image_emb")) if embedding_space
+                  else decode_pngs(part["image"].tolist(), resolution))
+        splits[split] = (Split(images, tokens, mask, part["uid"].tolist()), part)
     pool, pool_frame = splits["pool"]
     return RaterData(pool, splits["val"][0], torch.tensor(feature_matrix(pool_frame)),
                      text_dim=len(pool_frame["text_emb"].iloc[0]), missing_features=missing)
