@@ -148,6 +148,15 @@ class TransformerTextEncoder(TextEncoder):
         _, states, mask = self.encode(texts, max_tokens)
         return states, mask
 
+    def prompt_token_ids(self, text: str, max_tokens: int | None = None) -> tuple[list[int], list[int]]:
+        """The token ids behind `token_states([text])`'s first `max_tokens` positions, and 1 where special."""
+        max_tokens = self.max_tokens if max_tokens is None else int(max_tokens)
+        ids = self._tokenizer(text, truncation=True, max_length=self._max_length)["input_ids"][:max_tokens]
+        return ids, self._tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+
+    def token_string(self, token_id: int) -> str:
+        return self._tokenizer.convert_ids_to_tokens(int(token_id))
+
 
 IMAGE_ENCODERS: Registry[Callable[..., ImageEncoder]] = Registry("image encoder")
 TEXT_ENCODERS: Registry[Callable[..., TextEncoder]] = Registry("text encoder")

@@ -3,7 +3,7 @@
 A new scorer: one module with a `@register_scorer` class, plus one import line below.
 """
 from alchemist_kedro.scorers import (  # noqa: F401  (registration)
-    aesthetic, alignment, clarity, clip_score, edge_density, frequency, nsfw, rater,
+    aesthetic, alignment, clarity, clip_score, diffusion_quality, edge_density, frequency, nsfw, rater,
 )
 from alchemist_kedro.scorers.base import (
     ScoreBatch,
