@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,11 @@ def main():
     if args.space:
         params["proxy"]["space"] = args.space
     params["model"]["alignment_feature"] = False  # needs a fitted alignment model; it is not part of the step cost
+    if params["proxy"]["space"] == "pixels":  # the prior's rater inputs need the embedding prior
+        params["model"].update(proxy_features=False, embedding_inputs=True)
     proxy_config = ProxyConfig(**params["proxy"])
+    rater_config = RaterConfig(feature_dim=1408, text_dim=384, **params["model"],
+                               proxy_config=asdict(proxy_config) if params["model"]["proxy_features"] else None)
     base = dict(params["training"])
     b, bv, res = base["batch_size"], base["val_batch_size"], proxy_config.resolution
     space = proxy_config.space
@@ -58,7 +63,7 @@ def main():
 
     def fresh_state(**overrides):
         config = BilevelConfig(**{**base, **overrides, "ul_start": 0.5, "ul_floor": 0.5})  # every term runs
-        state = init_state(data, proxy_config, RaterConfig(feature_dim=1408, text_dim=384, **params["model"]), config)
+        state = init_state(data, proxy_config, rater_config, config)
         for s in range(3):
             warmup_step(state, data.pool.rows(range(s * b, (s + 1) * b)), config, s)
         start_meta_phase(state, config)

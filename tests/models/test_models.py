@@ -90,17 +90,25 @@ def _embedding_batch(n=32, dim=24, seed=0):
 
 def test_embedding_proxy_standardises_with_pool_statistics_and_checks_its_input():
     images, tokens, mask, uids = _embedding_batch()
-    proxy = build_proxy(tiny_proxy_config(space="embedding", prior_hidden_dim=32, prior_blocks=1), images)
+    mask[:3] = 0  # three null captions: left out of the caption statistics, and 0 after standardising
+    proxy = build_proxy(tiny_proxy_config(space="embedding", prior_hidden_dim=32, prior_blocks=1), images,
+                        tokens=tokens, mask=mask)
     assert isinstance(proxy, EmbeddingProxy)
     z = proxy.encode(images)
     torch.testing.assert_close(z.mean(0), torch.zeros(24), atol=1e-4, rtol=0)
     torch.testing.assert_close(z.std(0), torch.ones(24), atol=1e-3, rtol=0)
+    caption = proxy.caption(tokens, mask)
+    torch.testing.assert_close(caption[3:, :24].mean(0), torch.zeros(24), atol=1e-4, rtol=0)
+    torch.testing.assert_close(caption[3:, :24].std(0), torch.ones(24), atol=1e-3, rtol=0)
+    assert caption[:3].abs().max() == 0
     # The statistics travel with the network's state dict (checkpoints save `network`).
-    assert {"data_mean", "data_std"} <= set(proxy.network.state_dict())
+    assert {"data_mean", "data_std", "caption_mean", "caption_std"} <= set(proxy.network.state_dict())
+    with pytest.raises(ValueError, match="caption tokens"):
+        build_proxy(tiny_proxy_config(space="embedding"), images)
     with pytest.raises(ValueError, match="image embeddings"):
         proxy.encode(torch.zeros(2, 3, 16, 16))
     with pytest.raises(ValueError, match="image embeddings"):
-        build_proxy(tiny_proxy_config(space="embedding"), torch.zeros(2, 3, 16, 16))
+        build_proxy(tiny_proxy_config(space="embedding"), torch.zeros(2, 3, 16, 16), tokens=tokens, mask=mask)
     with pytest.raises(ValueError, match="vae_path"):
         tiny_proxy_config(space="embedding", vae_path="/models/vae")
     with pytest.raises(ValueError, match="pixels or embedding"):
@@ -113,7 +121,8 @@ def test_trained_embedding_prior_reads_the_caption():
 
     images, tokens, mask, uids = _embedding_batch(n=64)
     torch.manual_seed(0)
-    proxy = build_proxy(tiny_proxy_config(space="embedding", prior_hidden_dim=64, prior_blocks=2), images)
+    proxy = build_proxy(tiny_proxy_config(space="embedding", prior_hidden_dim=64, prior_blocks=2), images,
+                        tokens=tokens, mask=mask)
     before = caption_sensitivity(proxy, images, tokens, mask, uids, num_timesteps=4, noise_seed=0)
     optimiser = torch.optim.AdamW(proxy.parameters(), lr=1e-3)
     for step in range(300):
@@ -128,18 +137,18 @@ def test_trained_embedding_prior_reads_the_caption():
 
 def test_rater_weights_single_softmax_times_batch_weight():
     torch.manual_seed(0)
-    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
+    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
     f = torch.randn(5, 10)
     logits, w_inst, w_b, w = rater(f)
     assert torch.allclose(w_inst, torch.softmax(logits, 0))
     assert torch.allclose(w.sum(), w_b) and 0 < float(w_b) < 1
-    no_group = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=False)))
+    no_group = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=False)))
     assert float(no_group(f)[2]) == 1.0
 
 
 def test_scores_are_batch_independent():
     torch.manual_seed(0)
-    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
+    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
     f = torch.randn(50, 10) * 3 + 1
     rater.set_standardisation(f)
     full = score_with_rater(rater, f.numpy())

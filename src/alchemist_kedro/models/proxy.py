@@ -48,6 +48,9 @@ class ProxyConfig:
     space: str = field(kw_only=True)  # pixels (UNet on the image) | embedding (diffusion prior on image_emb)
     prior_hidden_dim: int = field(kw_only=True)  # embedding space: width of the prior's residual MLP
     prior_blocks: int = field(kw_only=True)  # embedding space: residual blocks
+    # embedding space: standardise the pooled caption per dimension with the pool's statistics, as the image
+    # embedding is (a sentence embedding shares a large common component too; the null caption stays 0).
+    standardise_caption: bool = field(kw_only=True)
 
     def __post_init__(self):
         for name in ("block_out_channels", "down_block_types", "up_block_types"):
@@ -201,19 +204,45 @@ class EmbeddingProxy(DiffusionProxy):
     common component across images, and without standardising the image-specific part is so small next to the unit
     noise that the prior learns to ignore the caption (measured: caption sensitivity 0.02% on the emoji pool)."""
 
-    def __init__(self, config: ProxyConfig, dim: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+    def __init__(self, config: ProxyConfig, dim: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                 caption_mean: torch.Tensor | None = None, caption_std: torch.Tensor | None = None,
+                 caption_dim: int | None = None):
         super().__init__(config)
         self.dim = int(dim)
-        self.net = PriorDenoiser(self.dim, config.cross_attention_dim, config.prior_hidden_dim, config.prior_blocks)
+        # The caption's width comes from the data (the rater pipeline feeds text_emb, whose width can differ from
+        # the token states' cross_attention_dim, e.g. CLIP's projection).
+        token_dim = int(caption_dim) if caption_dim is not None else config.cross_attention_dim
+        self.net = PriorDenoiser(self.dim, token_dim, config.prior_hidden_dim, config.prior_blocks)
         # Persistent buffers: a checkpoint (network state dict) carries the statistics it was trained with.
         self.net.register_buffer("data_mean", torch.zeros(self.dim) if mean is None else mean.float().clone())
         self.net.register_buffer("data_std", torch.ones(self.dim) if std is None else std.float().clone())
+        if config.standardise_caption:
+            self.net.register_buffer("caption_mean", torch.zeros(token_dim) if caption_mean is None
+                                     else caption_mean.float().clone())
+            self.net.register_buffer("caption_std", torch.ones(token_dim) if caption_std is None
+                                     else caption_std.float().clone())
 
     @staticmethod
     def statistics(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-dimension mean and std of L2-normalised embeddings (the std floored so constant dims stay finite)."""
         unit = F.normalize(embeddings.float(), dim=1)
         return unit.mean(0), unit.std(0).clamp_min(1e-6 + 1e-3 * float(unit.std(0).mean()))
+
+    @staticmethod
+    def caption_statistics(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and std of the pooled captions (null captions left out)."""
+        pooled = pooled_caption(tokens.float(), mask)[mask.sum(1) > 0]
+        if len(pooled) < 2:
+            raise ValueError("caption statistics need at least two non-empty captions")
+        std = pooled.std(0)
+        return pooled.mean(0), std.clamp_min(1e-6 + 1e-3 * float(std.mean()))
+
+    def caption(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pooled = pooled_caption(tokens, mask)
+        if not self.config.standardise_caption:
+            return pooled
+        present = (mask.sum(1) > 0).to(pooled.dtype)[:, None]  # the null caption stays the zero vector
+        return (pooled - self.net.caption_mean) / self.net.caption_std * present
 
     @property
     def network(self) -> nn.Module:
@@ -231,7 +260,7 @@ class EmbeddingProxy(DiffusionProxy):
 
     def denoise(self, x_t, timesteps, tokens, mask) -> torch.Tensor:
         """The prior's estimate of the clean embedding x0 (not ε): see loss_at."""
-        return self.net(x_t, timesteps, pooled_caption(tokens, mask))
+        return self.net(x_t, timesteps, self.caption(tokens, mask))
 
     def loss_at(self, x0, timesteps, noise, tokens, mask) -> torch.Tensor:
         """Plain MSE on x0, as unCLIP's prior is trained (proxy.prediction_type / snr_gamma are the UNet's). With ε
@@ -242,13 +271,20 @@ class EmbeddingProxy(DiffusionProxy):
         return F.mse_loss(self.denoise(x_t, timesteps, tokens, mask).float(), x0.float(), reduction="none").mean(1)
 
 
-def build_proxy(config: ProxyConfig, images: torch.Tensor, vae: AutoencoderKL | None = None) -> DiffusionProxy:
+def build_proxy(config: ProxyConfig, images: torch.Tensor, vae: AutoencoderKL | None = None,
+                tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> DiffusionProxy:
     """The proxy for `config.space`, for training on `images` ((N, 3, R, R) pixels or (N, D) image embeddings; the
-    embedding prior takes its standardisation from them)."""
+    embedding prior takes its standardisation from them, and from the captions when standardise_caption)."""
     if config.space == "embedding":
         if images.ndim != 2:
             raise ValueError(f"proxy.space=embedding trains on image embeddings (N, D), got {tuple(images.shape)}")
-        return EmbeddingProxy(config, images.shape[1], *EmbeddingProxy.statistics(images))
+        captions = ()
+        if config.standardise_caption:
+            if tokens is None or mask is None:
+                raise ValueError("standardise_caption needs the pool's caption tokens and mask")
+            captions = EmbeddingProxy.caption_statistics(tokens, mask)
+        return EmbeddingProxy(config, images.shape[1], *EmbeddingProxy.statistics(images), *captions,
+                              caption_dim=tokens.shape[-1] if tokens is not None else None)
     return ProxyT2I(config, vae=vae)
 
 

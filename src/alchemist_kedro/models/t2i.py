@@ -32,6 +32,7 @@ class T2IConfig(ProxyConfig):
     space: str = field(default="pixels", kw_only=True)
     prior_hidden_dim: int = field(default=0, kw_only=True)
     prior_blocks: int = field(default=0, kw_only=True)
+    standardise_caption: bool = field(default=False, kw_only=True)
 
     def __post_init__(self):
         super().__post_init__()

@@ -201,7 +201,7 @@ def _step(optimizer, params, loss, clip):
 def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterConfig, config: BilevelConfig,
                vae=None, alignment_state: dict | None = None) -> BilevelState:
     torch.manual_seed(config.seed)  # initial weights of θ̂ and μ
-    theta_hat = build_proxy(proxy_config, data.pool.images, vae=vae)
+    theta_hat = build_proxy(proxy_config, data.pool.images, vae=vae, tokens=data.pool.tokens, mask=data.pool.mask)
     rater = Rater(rater_config)
     if rater.alignment is not None:
         if alignment_state is None:
@@ -473,6 +473,9 @@ def train_rater_bilevel(
             meta = step - config.warmup_steps
             if state.theta is None:
                 start_meta_phase(state, config)
+                if state.rater.proxy is not None:  # the rater's proxy inputs read θ̂ as warm-up left it
+                    state.rater.attach_proxy(state.theta_hat)
+                    state.rater.set_standardisation(data.pool_features)
                 record_probe(state, probe, config, step)
             batch = pool_batch("train", step)
             val_batch = data.val.rows(_batch(n_val, config.val_batch_size, config.seed, "val", step))

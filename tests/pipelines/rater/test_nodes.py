@@ -47,7 +47,9 @@ def _params(tmp_path):
         proxy={"resolution": 16, "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
                "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 8,
                "cross_attention_dim": TOKEN_DIM, "space": "pixels"},
-        model={"hidden_dim": 8, "group_hidden_dim": 4, "use_group": True, "alignment_feature": False},
+        # The pixel proxy: the rater reads the embeddings themselves (the prior's inputs need proxy.space=embedding).
+        model={"hidden_dim": 8, "group_hidden_dim": 4, "use_group": True, "alignment_feature": False,
+               "proxy_features": False, "embedding_inputs": True},
         training={"warmup_steps": 2, "meta_steps": 3, "batch_size": 8, "val_batch_size": 4, "checkpoint_every": 2,
                   "trace_every": 2, "probe_size": 3, "ul_start": 0.5},
     )
@@ -57,12 +59,20 @@ def test_embedding_proxy_trains_on_the_cached_image_embeddings_without_decoding(
     samples, features = _tables()
     params = _params(tmp_path)
     params["proxy"]["space"] = "embedding"
+    params["model"].update(proxy_features=True, embedding_inputs=False)  # the shipped rater: the prior's inputs
     out = build_rater_inputs(samples, features, params)
     assert out.pool.images.shape == (23, 12) and out.val.images.shape == (8, 12)
-    by_uid = {row.uid: row.image_emb for row in pd.concat([f() for f in features.values()]).itertuples()}
-    np.testing.assert_array_equal(out.pool.images[0].numpy(), by_uid[out.pool.uids[0]])
+    frame = pd.concat([f() for f in features.values()]).set_index("uid")
+    np.testing.assert_array_equal(out.pool.images[0].numpy(), frame.loc[out.pool.uids[0], "image_emb"])
+    # The prior reads the caption as its sentence embedding (one token), the vector the rater's inputs read.
+    assert out.pool.tokens.shape == (23, 1, 6) and bool(out.pool.mask.all())
+    np.testing.assert_array_equal(out.pool.tokens[0, 0].numpy(), frame.loc[out.pool.uids[0], "text_emb"])
     artifact, metrics, _, trace = train_rater(out, None, params)
     assert "diagnostics/theta_hat/caption_sensitivity" in metrics and len(trace) > 0
+    rater = rater_from_artifact(artifact)
+    assert rater.proxy is not None and rater.feature_mean.shape == (2,)
+    f = out.pool_features.numpy()
+    np.testing.assert_array_equal(score_with_rater(rater, f), score_with_rater(rater_from_artifact(artifact), f))
 
 
 def test_build_inputs_joins_by_uid_decodes_and_drops_test(tmp_path):

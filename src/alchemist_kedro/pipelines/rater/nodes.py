@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import pandas as pd
 import torch
@@ -41,9 +42,15 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
         if len(part) == 0:
             raise ValueError("no pool samples with features: run the features pipeline first" if split == "pool" else
                              "no val samples with features: the meta-gradient needs a clean validation split")
-        tokens, mask = token_arrays(part)
-        images = (torch.from_numpy(vector_column(part, "image_emb")) if embedding_space
-                  else decode_pngs(part["image"].tolist(), resolution))
+        if embedding_space:
+            # The prior reads the caption as its sentence embedding: one "token", text_emb, the vector the rater's
+            # proxy inputs (models/rater.py) read too. No (N, L, D) token tensor in memory.
+            images = torch.from_numpy(vector_column(part, "image_emb"))
+            tokens = torch.from_numpy(vector_column(part, "text_emb"))[:, None, :]
+            mask = torch.ones(len(part), 1, dtype=torch.int64)
+        else:
+            tokens, mask = token_arrays(part)
+            images = decode_pngs(part["image"].tolist(), resolution)
         splits[split] = (Split(images, tokens, mask, part["uid"].tolist()), part)
     pool, pool_frame = splits["pool"]
     return RaterData(pool, splits["val"][0], torch.tensor(feature_matrix(pool_frame)),
@@ -62,6 +69,7 @@ def train_rater(inputs: RaterData, alignment_model: dict, params: dict):
     use_alignment = bool(params["model"]["alignment_feature"])
     rater_config = RaterConfig(feature_dim=int(inputs.pool_features.shape[1]), text_dim=inputs.text_dim,
                                alignment_config=alignment_model["config"] if use_alignment else None,
+                               proxy_config=asdict(proxy_config) if params["model"].get("proxy_features") else None,
                                **params["model"])
     config = BilevelConfig(**params["training"])
     result = train_rater_bilevel(inputs, proxy_config, rater_config, config, checkpoint_dir=params["checkpoint_dir"],
