@@ -75,3 +75,14 @@ class TorchSafetensorsDataset(AbstractVersionedDataset[dict, dict]):
 
     def _invalidate_cache(self) -> None:
         self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
+
+
+class OptionalTorchSafetensorsDataset(TorchSafetensorsDataset):
+    """The same file read by a pipeline that needs it only for some settings (diffusion_quality's source t2i):
+    loads None when the file is absent, so the node, which knows the settings, says what to run. Read-only."""
+
+    def load(self) -> dict | None:
+        return super().load() if self._exists() else None
+
+    def save(self, data: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} is read-only; the owning entry writes {self._filepath}")

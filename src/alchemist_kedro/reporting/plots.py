@@ -203,3 +203,23 @@ def correlation_figure(matrix: pd.DataFrame):
     axis.set_title("Spearman rho of scores (oriented: higher = better)", fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def separation_figure(fit: pd.DataFrame, title: str = ""):
+    """diffusion_quality's chosen (layer, token) pairs: the share of (HQ, LQ) pairs each separates (0.5 = chance)."""
+    from matplotlib.figure import Figure
+
+    labels = [f"{layer} · {token}" for layer, token in zip(fit["layer_name"], fit["token"])]
+    figure = Figure(figsize=(7, 0.35 * len(fit) + 1.4), dpi=100)
+    axis = figure.subplots()
+    positions = np.arange(len(fit))[::-1]  # rank 0 on top
+    axis.barh(positions, fit["separation_rate"].to_numpy(dtype=float), color="tab:green")
+    axis.axvline(0.5, color="0.4", linestyle="--", linewidth=1, label="chance")
+    axis.set_yticks(positions, labels, fontsize=7)
+    axis.set_xlim(0, 1)
+    pairs = int(fit["pairs"].iloc[0]) if len(fit) else 0
+    axis.set_xlabel(f"separation: share of the {pairs:,} (HQ, LQ) pairs with N_HQ > N_LQ", fontsize=8)
+    axis.set_title(title or f"diffusion_quality: the {len(fit)} chosen (layer, token) pairs", fontsize=9)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return figure
