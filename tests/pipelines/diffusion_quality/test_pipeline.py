@@ -145,7 +145,7 @@ def test_undecodable_rows_are_kept_with_no_score_and_bad_settings_say_what_to_do
     with pytest.raises(ValueError, match="kedro run --pipelines train_t2i"):
         nodes.fit_diffusion_quality(partitions, None, text_encoder, params())
     with pytest.raises(ValueError, match="has no rows"):
-        nodes.fit_diffusion_quality(partitions, artifact, text_encoder, params(groups={"max_rows": MAX_ROWS, "hq_split": "holdout"}))
+        nodes.fit_diffusion_quality(partitions, artifact, text_encoder, params(groups={"hq_split": "holdout"}))
     with pytest.raises(ValueError, match="sd_folder needs `path`"):
         nodes.fit_diffusion_quality(partitions, None, text_encoder, params(source="sd_folder"))
 

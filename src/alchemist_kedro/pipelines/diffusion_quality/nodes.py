@@ -65,7 +65,7 @@ def _select_columns(frame: pd.DataFrame, shard: str) -> pd.DataFrame:
 def hq_images(samples: dict[str, Callable[[], pd.DataFrame]], groups: dict[str, Any],
               seed: int) -> tuple[list[np.ndarray], list[str]]:
     """The HQ group: up to `max_rows` decodable images of split `hq_split`, drawn with `seed` (uid order first, so
-    the draw does not depend on the shard layout). Undecodable ones are left out of the group, and counted in the log."""
+    the draw does not depend on the shard layout). Undecodable ones are left out of the group (counted in the log)."""
     split = groups["hq_split"]
     parts = [_select_columns(load_partition(load), shard) for shard, load in sorted(samples.items())]
     rows = pd.concat([part[part["split"] == split] for part in parts], ignore_index=True)
