@@ -121,7 +121,7 @@ def test_embedding_prior_eq6_rater_ranks_wrong_captions_below_clean_and_an_untra
 
 
 def test_default_rater_on_the_prior_s_inputs_ranks_wrong_captions_below_clean_and_travels_with_its_artifact():
-    """The default rater (rater.model: proxy_features, no embedding inputs; eq. 9 with the caption gain): its inputs
+    """The default rater (rater.model: proxy_features, no embedding inputs; eq. 6): its inputs
     are the frozen warm-up prior's loss and caption gain, read off image_emb ⊕ text_emb. Trained, it ranks the wrong
     captions below clean pairs; with an untrained prior (same MLP shape) it cannot. The prior's
     weights live in the rater's artifact, so scoring from the artifact gives the same scores."""
@@ -158,14 +158,14 @@ def test_default_rater_on_the_prior_s_inputs_ranks_wrong_captions_below_clean_an
     # The inputs: the warm-up prior's caption gain sees the wrong captions, its loss the noise images.
     inputs = {"gain/mismatch": (input_auc(result.rater, "mismatch", 1, 1), input_auc(untrained, "mismatch", 1, 1)),
               "loss/noise": (input_auc(result.rater, "noise", 0, -1), input_auc(untrained, "noise", 0, -1))}
-    # The rater: measured 0.76 (trained) vs 0.50 on wrong captions, 0.60 on noise (eq. 6 on the same inputs: 0.89,
-    # 0.73). It uses its inputs only in part: the meta-gradient's noise, not the inputs, limits it (README).
+    # The rater (eq. 6, as shipped): measured 0.77 (trained) vs 0.50 on wrong captions, 0.72 on noise. It uses its
+    # inputs only in part: the meta-gradient's noise, not the inputs, limits it (README).
     aucs = {kind: (auc(result.rater, kind), auc(untrained, kind)) for kind in ("mismatch", "noise")}
     message = ", ".join(f"{kind}: trained {a:.3f} / untrained {b:.3f}" for kind, (a, b) in {**inputs, **aucs}.items())
     assert inputs["gain/mismatch"][0] >= 0.9 and abs(inputs["gain/mismatch"][1] - 0.5) < 0.2, message
     assert inputs["loss/noise"][0] >= 0.75, message
     assert aucs["mismatch"][0] >= 0.7 and abs(aucs["mismatch"][1] - 0.5) < 0.15, message
-    assert aucs["noise"][0] >= 0.55, message
+    assert aucs["noise"][0] >= 0.65, message
     again = rater_from_artifact(rater_to_artifact(result.rater))
     np.testing.assert_array_equal(score_with_rater(again, data["pool_features"]),
                                   score_with_rater(result.rater, data["pool_features"]))
