@@ -23,7 +23,7 @@ def _location(entry: dict) -> str:
 
 
 @pytest.mark.parametrize(("env", "changed"), [("rater_no_group", ("model", "use_group", False)),
-                                               ("rater_eq6", ("training", "mode", "eq6"))])
+                                               ("rater_eq9", ("training", "mode", "eq9"))])
 def test_ablation_env_changes_one_rater_parameter_and_redirects_every_output(env, changed):
     base, ablation = _loader("local"), _loader(env)
     base_rater, rater = base["parameters"]["rater"], ablation["parameters"]["rater"]

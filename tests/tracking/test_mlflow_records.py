@@ -36,7 +36,7 @@ def test_run_name_and_tags_say_what_ran(recorded):
     run = recorded["run"]
     name = run.info.run_name
     assert set(name.split(" · ")[0].split("+")) == {"rater", "select"}
-    assert "select rater topk ratio 0.5" in name and "rater eq9" in name
+    assert "select rater topk ratio 0.5" in name and "rater eq6" in name
     assert {k: run.data.tags[k] for k in ("strategy", "scorer", "ratio")} == {
         "strategy": "topk", "scorer": "rater", "ratio": "0.500"}
 

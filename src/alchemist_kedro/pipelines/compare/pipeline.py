@@ -12,7 +12,7 @@ from alchemist_kedro.pipelines.compare.nodes import comparison_report, run_arm, 
 from alchemist_kedro.pipelines.shared_nodes import fit_alignment_node
 
 ARMS = ("full", "random", "clarity", "clarity_band", "frequency", "frequency_band", "edge_density", "edge_density_band",
-        "alignment", "nsfw", "aesthetic", "alchemist", "topk", "gsample", "no_group_mlp", "alchemist_eq6",
+        "alignment", "nsfw", "aesthetic", "alchemist", "topk", "gsample", "no_group_mlp", "alchemist_eq9",
         "alchemist_small", "diffusion_quality", "diffusion_quality_small")
 SHARED = {"compare_score_tables", "select_samples_index", "samples", "features", "alignment_model"}
 PARAMS = {"params:compare", "params:train_t2i", "params:evaluate"}
