@@ -69,15 +69,19 @@ def main():
         start_meta_phase(state, config)
         return state, config
 
-    def batch(start):
+    def batch(start, state=None):
         index = torch.arange(start, start + b)
+        if state is not None and state.rater.proxy is not None:  # as training does: the frozen inputs once per row
+            with torch.no_grad():
+                return Batch(data.pool.rows(index), state.rater.inputs(data.pool_features[index]), prepared=True)
         return Batch(data.pool.rows(index), data.pool_features[index])
 
     def timed(state, config):
         def run():
-            reference = batch(b) if config.baseline == "reference" else None
+            reference = batch(b, state) if config.baseline == "reference" else None
+            main = batch(0, state)
             t0 = time.perf_counter()
-            meta_step(state, batch(0), data.val.rows(range(bv)), reference, config, 0.5, 10)
+            meta_step(state, main, data.val.rows(range(bv)), reference, config, 0.5, 10)
             return time.perf_counter() - t0
         return run
 

@@ -138,8 +138,9 @@ class Rater(nn.Module):
         # Floor: a constant feature dimension (padding, a dead unit) would otherwise divide by ~0.
         self.feature_std.copy_(features.std(0).clamp_min(1e-4))
 
-    def standardise(self, features: torch.Tensor) -> torch.Tensor:
-        return (self.inputs(features) - self.feature_mean) / self.feature_std
+    def standardise(self, features: torch.Tensor, prepared: bool = False) -> torch.Tensor:
+        """prepared: `features` already went through `inputs` (training computes the frozen inputs once per row)."""
+        return ((features if prepared else self.inputs(features)) - self.feature_mean) / self.feature_std
 
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
         logits = self.instance_mlp(f).squeeze(-1)
@@ -150,12 +151,12 @@ class Rater(nn.Module):
             logits = logits + (image * text).sum(-1) / self.config.interaction_rank**0.5
         return logits
 
-    def instance_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self._logits(self.standardise(features))
+    def instance_logits(self, features: torch.Tensor, prepared: bool = False) -> torch.Tensor:
+        return self._logits(self.standardise(features, prepared))
 
-    def forward(self, features: torch.Tensor):
+    def forward(self, features: torch.Tensor, prepared: bool = False):
         """features (B, F) → (logits (B,), instance weights (B,), batch weight (), weights W (B,))."""
-        f = self.standardise(features)
+        f = self.standardise(features, prepared)
         logits = self._logits(f)
         # eq. 7: ONE softmax over the raw logits. The official code's softmax(sigmoid(·)) then softmax again
         # leaves weights within ~1% of uniform at batch 32 (method.md), i.e. no selection signal.

@@ -145,6 +145,7 @@ class Batch:
 
     rows: Split
     features: torch.Tensor
+    prepared: bool = False  # features are the rater's inputs already (Rater.inputs), not image_emb ⊕ text_emb
 
 
 @dataclass
@@ -330,7 +331,7 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
     """One meta step (method.md "Training loop"): rater weights, θ step (eq. 5), θ̂ step (eq. 6), rater step."""
     theta, rater, eq6 = state.theta, state.rater, config.mode == "eq6"
     # W = softmax_B(a) · W_b (eq. 7 × Group MLP).
-    logits, w_inst, w_batch, w = rater(batch.features)
+    logits, w_inst, w_batch, w = rater(batch.features, prepared=batch.prepared)
     x0v = theta.encode(val_batch.images)
     t_v, eps_v, _ = draw_training_noise(theta, x0v, generator_for(config.seed, "val-noise", step))
     val_loss = theta.loss_at(x0v, t_v, eps_v, val_batch.tokens, val_batch.mask).mean()
@@ -349,7 +350,8 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
         else:
             _, s_ref = rater_signal(state, reference.rows, config, "crn-reference", step)
         with torch.no_grad():
-            baseline = float((torch.softmax(rater.instance_logits(reference.features), 0) * s_ref).sum())
+            baseline = float((torch.softmax(rater.instance_logits(reference.features, reference.prepared), 0)
+                              * s_ref).sum())
 
     # θ step, eq. 5 with the code's ul mix: ul · mean L(θ; V) + (1 − ul) · Σ_i W_i.detach() L(θ; x_i).
     w_detached = w.detach()
@@ -460,8 +462,14 @@ def train_rater_bilevel(
         ckpt_dir = Path(checkpoint_dir) / run_fingerprint(configs, data.pool.uids, data.val.uids)
         resume(state, ckpt_dir, config)
 
+    # The rater's frozen inputs (the warm-up prior's values) are a function of the row alone: computed once for the
+    # pool when the meta phase starts, not twice per step (16 prior passes a step at K = 4).
+    prepared: list[torch.Tensor] = []
+
     def pool_batch(phase: str, step: int) -> Batch:
         index = torch.as_tensor(_batch(n_pool, config.batch_size, config.seed, phase, step))
+        if prepared:
+            return Batch(data.pool.rows(index), prepared[0][index], prepared=True)
         return Batch(data.pool.rows(index), data.pool_features[index])
 
     total = config.warmup_steps + config.meta_steps
@@ -476,6 +484,9 @@ def train_rater_bilevel(
                 if state.rater.proxy is not None:  # the rater's proxy inputs read θ̂ as warm-up left it
                     state.rater.attach_proxy(state.theta_hat)
                     state.rater.set_standardisation(data.pool_features)
+            if state.rater.proxy is not None and not prepared:  # also after a resume into the meta phase
+                with torch.no_grad():
+                    prepared.append(state.rater.inputs(data.pool_features))
                 record_probe(state, probe, config, step)
             batch = pool_batch("train", step)
             val_batch = data.val.rows(_batch(n_val, config.val_batch_size, config.seed, "val", step))
