@@ -132,11 +132,17 @@ def test_scores_ranks_globally_resumes_and_rescores_on_change(tmp_path, params, 
     stamps = [path.stat().st_mtime_ns for path in raw_files]
     rater = build_score_table(raw["uid"], np.arange(12.0), "rater", "r-1", True)
     rater.to_parquet(data / "07_model_output/rater_scores.parquet", index=False)
+    # So does a table another pipeline wrote to the scores folder (the diffusion_quality pipeline's).
+    params["correlation"]["include"] = ["rater", "diffusion_quality"]
+    quality = build_score_table(raw["uid"], -np.arange(12.0), "diffusion_quality", "dq-1", True)
+    quality.to_parquet(data / "07_model_output/scores/diffusion_quality.parquet", index=False)
     calls.clear()
     run(data, params)
     assert calls == []
     assert [path.stat().st_mtime_ns for path in raw_files] == stamps
-    assert "rater" in pd.read_csv(data / "08_reporting/heuristics/spearman.csv")["scorer"].tolist()
+    spearman = pd.read_csv(data / "08_reporting/heuristics/spearman.csv").set_index("scorer")
+    assert {"rater", "diffusion_quality"} <= set(spearman.index)
+    assert spearman.loc["rater", "diffusion_quality"] == pytest.approx(-1.0)  # reversed orders of the same uids
 
     # A changed setting rescored only the scorer it belongs to; a re-ingested shard is rescored whole.
     params["scorer_params"]["frequency"]["cutoff"] = 0.3

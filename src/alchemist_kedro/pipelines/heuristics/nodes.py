@@ -309,13 +309,17 @@ def plot_correlation(
     params: dict[str, Any],
 ) -> tuple[Figure, pd.DataFrame]:
     """Spearman matrix between the configured scorers plus the other score tables named in
-    `correlation.include` (e.g. `rater` = data/07_model_output/rater_scores.parquet) that exist; absent ones are
-    logged and skipped, so the heuristics pipeline runs before or without the rater."""
+    `correlation.include` that exist: data/07_model_output/<name>_scores.parquet (e.g. `rater`) or a table another
+    pipeline wrote to the scores folder (e.g. `diffusion_quality`); absent ones are logged and skipped, so the
+    heuristics pipeline runs before or without them."""
     tables = _configured_tables(params, score_tables, feature_score_tables)  # in the configured order
     include = list(params["correlation"]["include"] or [])
+    folder = {**score_tables, **feature_score_tables}
     for name in include:
         if name in other_score_tables:
             tables[name] = other_score_tables[name]
+        elif name in folder:
+            tables[name] = folder[name]() if callable(folder[name]) else folder[name]
         else:
             logger.info("heuristics: no %s_scores table yet; correlation without it", name)
     matrix = spearman_matrix(tables)
