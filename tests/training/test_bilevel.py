@@ -177,3 +177,15 @@ def test_rater_config_refuses_derived_inputs_it_cannot_compute():
         Rater(RaterConfig(**base_params("rater.model", **base, proxy_config=asdict(tiny_proxy_config()))))
     with pytest.raises(ValueError, match="derived inputs"):
         Rater(RaterConfig(**base_params("rater.model", **base, proxy_features=False)))
+
+
+def test_a_rater_artifact_written_before_the_derived_inputs_still_loads():
+    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False,
+                                            embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10,
+                                            hidden_dim=8, group_hidden_dim=4)))
+    artifact = rater_to_artifact(rater)
+    for key in ("proxy_features", "proxy_feature_timesteps", "embedding_inputs", "proxy_config"):
+        artifact["config"].pop(key)
+    features = np.random.default_rng(0).normal(size=(5, 10)).astype(np.float32)
+    np.testing.assert_array_equal(score_with_rater(rater_from_artifact(artifact), features),
+                                  score_with_rater(rater, features))

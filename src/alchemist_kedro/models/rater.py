@@ -184,9 +184,10 @@ def rater_to_artifact(rater: Rater) -> dict:
 
 
 def rater_from_artifact(artifact: dict) -> Rater:
-    # Artifacts written before these options existed: no interaction term (text_dim is then unused).
+    # Artifacts written before these options existed: no interaction term (text_dim is then unused), no derived
+    # inputs, the embeddings in.
     config = {"text_dim": 0, "interaction_rank": 0, "alignment_feature": False, "proxy_features": False,
-              "embedding_inputs": True, **artifact["config"]}
+              "proxy_feature_timesteps": 4, "embedding_inputs": True, **artifact["config"]}
     rater = Rater(RaterConfig(**config))
     rater.load_state_dict(artifact["state_dict"])
     rater.eval()
