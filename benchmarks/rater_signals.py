@@ -1,0 +1,105 @@
+"""Where a rater configuration stands per defect kind: train the rater as conf says (plus --set overrides), then print
+the clean-vs-kind ROC-AUC on the pool of the rater's score and of the signals it learns from (θ's and θ̂'s per-sample
+loss, θ̂'s caption gain L(∅) − L(c)), and the defective share a 50% top-k of each keeps. Issue 12's experiments.
+
+    .venv/bin/python benchmarks/rater_signals.py [--data data] [--threads 1] [--set rater.training.mode=eq9 ...]
+
+Needs a finished `make run` (samples, features). The `defect` side column is read here for evaluation only. One
+run trains one rater (~2-4 min on one core with the default conf); the seed-to-seed spread of the top-k share is
+about ±0.7 points, so compare configurations on more than one `--set rater.training.seed=`.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from alchemist_kedro.evaluation.downstream import fit_alignment_on_val
+from alchemist_kedro.models.proxy import ProxyConfig, per_sample_loss
+from alchemist_kedro.models.rater import RaterConfig, score_with_rater
+from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs
+from alchemist_kedro.tables import concat_partitions
+from alchemist_kedro.training.bilevel import BilevelConfig, train_rater_bilevel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def partitions(folder: Path, columns=None) -> dict:
+    return {p.stem: (lambda p=p: pd.read_parquet(p, columns=columns)) for p in sorted(folder.glob("*.parquet"))}
+
+
+def set_dotted(tree: dict, dotted: str, value: str) -> None:
+    *path, last = dotted.split(".")
+    for key in path:
+        tree = tree[key]
+    tree[last] = yaml.safe_load(value)
+
+
+def topk_defective_share(score: np.ndarray, clean: np.ndarray) -> float:
+    keep = np.argsort(-score, kind="stable")[: len(score) // 2]
+    return float((~clean[keep]).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT / "data"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], help="dotted conf override, e.g. rater.training.mode=eq9")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    params = {"rater": yaml.safe_load((ROOT / "conf/base/parameters_rater.yml").read_text())["rater"]}
+    for item in args.set:
+        set_dotted(params, *item.split("=", 1))
+    rp, data = params["rater"], Path(args.data)
+    samples = partitions(data / "03_primary/samples", ["uid", "image", "split", "caption", "sha256"])
+    features = partitions(data / "04_feature/features")
+    inputs = build_rater_inputs(samples, features, rp)
+    proxy_config = ProxyConfig(**rp["proxy"])
+    alignment = None
+    if rp["model"]["alignment_feature"]:
+        evaluate = yaml.safe_load((ROOT / "conf/base/parameters_evaluate.yml").read_text())["evaluate"]
+        alignment = fit_alignment_on_val(partitions(data / "03_primary/samples", ["uid", "split"]), features, evaluate)
+    rater_config = RaterConfig(feature_dim=int(inputs.pool_features.shape[1]), text_dim=inputs.text_dim,
+                               alignment_config=alignment["config"] if alignment else None,
+                               proxy_config=asdict(proxy_config) if rp["model"]["proxy_features"] else None,
+                               **rp["model"])
+    start = time.perf_counter()
+    result = train_rater_bilevel(inputs, proxy_config, rater_config, BilevelConfig(**rp["training"]),
+                                 alignment_state=alignment["state_dict"] if alignment else None)
+    seconds = time.perf_counter() - start
+
+    pool = inputs.pool
+
+    def loss(model, null=False):
+        tokens, mask = (torch.zeros_like(pool.tokens), torch.zeros_like(pool.mask)) if null else (pool.tokens, pool.mask)
+        with torch.no_grad():
+            return per_sample_loss(model, pool.images, tokens, mask, pool.uids, num_timesteps=8, noise_seed=0).numpy()
+
+    signals = {"rater": score_with_rater(result.rater, inputs.pool_features.numpy()),
+               "-L(θ)": -loss(result.theta), "-L(θ̂)": -loss(result.theta_hat),
+               "gain θ̂": loss(result.theta_hat, null=True) - loss(result.theta_hat)}
+    side = concat_partitions(partitions(data / "03_primary/samples", ["uid", "defect"])).set_index("uid")
+    defect = side.loc[pool.uids, "defect"].fillna("").astype(str).to_numpy()
+    clean = defect == ""
+    rows = []
+    for kind in [*sorted(set(defect[~clean])), "ALL"]:
+        rows_in = clean | (defect == kind) if kind != "ALL" else np.ones_like(clean)
+        rows.append({"kind": kind, "n": int((defect == kind).sum() if kind != "ALL" else (~clean).sum()),
+                     **{name: round(roc_auc_score(clean[rows_in], s[rows_in]), 3) for name, s in signals.items()}})
+    print(f"overrides: {args.set or 'none'}; training {seconds:.0f} s on {args.threads} thread(s)")
+    print("clean-vs-kind ROC-AUC on the pool (higher = the signal ranks the kind below clean rows):")
+    print(pd.DataFrame(rows).to_string(index=False))
+    print("defective share kept by a 50% top-k:",
+          ", ".join(f"{name} {100 * topk_defective_share(s, clean):.1f}%" for name, s in signals.items()),
+          f"(random {100 * (~clean).mean():.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
