@@ -3,6 +3,7 @@ default values, so tests start from it instead of restating (or silently dependi
 from __future__ import annotations
 
 import copy
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,7 +14,19 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
 @lru_cache(maxsize=None)
 def _load(pipeline: str) -> dict:
-    return yaml.safe_load((CONF / f"parameters_{pipeline}.yml").read_text())
+    """parameters_<pipeline>.yml with `${globals:key}` values taken from globals.yml, as Kedro's config loader does."""
+    globals_ = yaml.safe_load((CONF / "globals.yml").read_text())
+
+    def resolve(value):
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        # ${globals:key} and ${runtime_params:key,${globals:key}} (no runtime params in a unit test)
+        match = re.fullmatch(r"\$\{(?:runtime_params:\w+,)?\$?\{?globals:(\w+)\}\}?", value) if isinstance(value, str) else None
+        return globals_[match.group(1)] if match else value
+
+    return resolve(yaml.safe_load((CONF / f"parameters_{pipeline}.yml").read_text()))
 
 
 def deep_merge(base: dict, override: dict) -> dict:

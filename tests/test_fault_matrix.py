@@ -23,6 +23,7 @@ import yaml
 from alchemist_kedro.atomic_io import KILL_ENV
 from tests.encoders.images import drawn_images, png_bytes
 from tests.ingest.helpers import wds_sample, write_tar
+from tests.conf_values import base_params
 
 pytest.importorskip("onnx", reason="features' open_nsfw needs the onnx package")
 
@@ -99,7 +100,7 @@ def _project(root: Path) -> Path:
             write_tar(project / "raw" / split / f"{tar:05d}.tar", members)
     params = {}
     for name, override in TINY.items():
-        base = yaml.safe_load((REPO / "conf" / "base" / f"parameters_{name}.yml").read_text())[name]
+        base = base_params(name)
         params[name] = _merge(base, override)
     (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(params))
     (project / "conf" / "local" / "catalog.yml").write_text(

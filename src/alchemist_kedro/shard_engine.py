@@ -14,11 +14,16 @@ computed.
     partitions = engine.run(plan, compute)   # {shard: () -> DataFrame}, for PartitionedDataset's lazy save
 
 `run` only binds: nothing is computed until the dataset calls a partition, so memory holds one shard at a time and
-the partitions left out of the dict stay on disk (the output dataset has `overwrite: false`). A second executor (Ray)
-is one more `ShardEngine` whose `run` submits the tasks and returns callables that fetch their results.
+the partitions left out of the dict stay on disk (the output dataset has `overwrite: false`). `RayEngine` is the
+second executor: its `run` submits one Ray task per shard (a bounded window ahead of the dataset's save order) and
+returns callables that fetch their results, so the catalog still does all the I/O. `engine_for(params)` picks one
+from conf (`executor: local | ray`, `ray: {address, num_cpus, task_cpus, task_gpus, max_in_flight}`).
 """
 from __future__ import annotations
 
+import logging
+import os
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ import pandas as pd
 from alchemist_kedro.hashing import row_digests
 from alchemist_kedro.tables import load_partition
 
+logger = logging.getLogger(__name__)
 Partition = Callable[[], pd.DataFrame]
 DIGEST_COLUMN = "source_digest"
 
@@ -157,3 +163,93 @@ class LocalEngine(ShardEngine):
             return lambda: compute(task)
 
         return {task.shard: bind(task) for task in plan.tasks}
+
+
+# ------------------------------------------------------------------------------------------------------- Ray
+_WORKER_CACHE: dict[str, Callable] = {}  # per worker process: a stage's compute, deserialised once, not per shard
+
+
+def _run_on_worker(key: str, compute_ref: list, task: ShardTask) -> pd.DataFrame:
+    import ray
+
+    if key not in _WORKER_CACHE:
+        _WORKER_CACHE.clear()  # one stage at a time: drop the previous stage's models
+        _WORKER_CACHE[key] = ray.get(compute_ref[0])
+    return _WORKER_CACHE[key](task)
+
+
+class RayEngine(ShardEngine):
+    """One Ray task per shard. `address`: None starts (or reuses) a local Ray sized by `num_cpus`; "auto" or
+    "ray://host:port" joins a running cluster. `task_cpus` / `task_gpus`: each task's resource request (a GPU stage
+    asks for task_gpus=1 and Ray places it). At most `max_in_flight` shards (default: twice the cluster's CPUs over
+    task_cpus) are submitted ahead of the one the dataset is saving, so the object store holds a bounded window, not
+    the corpus. The stage's `compute` (its models, scorers, loaders) is serialised once per run and cached per
+    worker process; its results are the local engine's, shard by shard."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, task_cpus: float = 1,
+                 task_gpus: float = 0, max_in_flight: int | None = None):
+        self.address, self.num_cpus = address, num_cpus
+        self.task_cpus, self.task_gpus, self.max_in_flight = float(task_cpus), float(task_gpus), max_in_flight
+
+    def _ray(self):
+        try:
+            import ray
+        except ImportError as error:  # the optional extra
+            raise ImportError("executor: ray needs Ray: pip install -e '.[ray]' (ray[data]==2.60.0)") from error
+        if not ray.is_initialized():
+            # Ray nices its workers by default; a shard stage is the job, not background work beside the driver.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if self.address is None:
+                kwargs["num_cpus"] = self.num_cpus
+            ray.init(address=self.address, **kwargs)
+            logger.info("ray: connected (%s), resources %s", self.address or "local", ray.cluster_resources())
+        return ray
+
+    def run(self, plan: Plan, compute: Callable[[ShardTask], pd.DataFrame]) -> dict[str, Partition]:
+        if not plan.tasks:
+            return {}
+        ray = self._ray()
+        window = self.max_in_flight or max(1, int(2 * ray.cluster_resources().get("CPU", 1) / max(self.task_cpus, 1e-9)))
+        remote = ray.remote(num_cpus=self.task_cpus, num_gpus=self.task_gpus, max_retries=0)(_run_on_worker)
+        key, compute_ref = uuid.uuid4().hex, [ray.put(compute)]  # wrapped in a list: Ray must not resolve it early
+        tasks = list(plan.tasks)  # in shard order, the order PartitionedDataset saves them (sorted ids)
+        refs: dict[str, Any] = {}
+        submitted = 0
+
+        def top_up() -> None:
+            nonlocal submitted
+            while submitted < len(tasks) and len(refs) < window:
+                task = tasks[submitted]
+                refs[task.shard] = remote.remote(key, compute_ref, task)
+                submitted += 1
+
+        def bind(position: int, shard: str) -> Partition:
+            def fetch() -> pd.DataFrame:
+                nonlocal submitted
+                while submitted <= position:  # the dataset asked out of order: submit up to this one
+                    refs[tasks[submitted].shard] = remote.remote(key, compute_ref, tasks[submitted])
+                    submitted += 1
+                frame = ray.get(refs.pop(shard))
+                top_up()
+                return frame
+            return fetch
+
+        top_up()
+        return {task.shard: bind(i, task.shard) for i, task in enumerate(tasks)}
+
+
+def engine_for(params: Mapping[str, Any] | None, stage: str = "") -> ShardEngine:
+    """The executor conf names: `executor: local` (default) or `ray` with `ray: {address, num_cpus, task_cpus,
+    task_gpus, max_in_flight}` (every key optional)."""
+    params = params or {}
+    executor = str(params.get("executor") or "local")
+    if executor == "local":
+        return LocalEngine()
+    if executor != "ray":
+        raise ValueError(f"{stage or 'executor'}: executor must be local or ray, got {executor!r}")
+    settings = dict(params.get("ray") or {})
+    unknown = set(settings) - {"address", "num_cpus", "task_cpus", "task_gpus", "max_in_flight"}
+    if unknown:
+        raise ValueError(f"{stage or 'executor'}: unknown ray settings {sorted(unknown)}")
+    return RayEngine(**settings)

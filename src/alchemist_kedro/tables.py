@@ -27,6 +27,48 @@ def concat_partitions(partitions: Mapping[str, Any] | pd.DataFrame, columns: Seq
     return frame[list(columns)] if columns is not None and len(frame) else frame
 
 
+def sample_key(uids: pd.Series, seed: int) -> np.ndarray:
+    """A uniform, order-free sort key per uid (SipHash keyed by the seed): the same in every process and for any
+    shard order, so "the n smallest keys" is one fixed uniform sample of any set of rows."""
+    return pd.util.hash_array(uids.astype(str).to_numpy(dtype=object), hash_key=f"{int(seed) % 10**16:016d}")
+
+
+def _detached(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its array-valued cells copied: pyarrow hands list columns as views into the whole partition's
+    buffer, so keeping a few rows would otherwise keep every partition read so far alive."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object and len(frame) and isinstance(frame[column].iloc[0], np.ndarray):
+            frame[column] = [np.array(value, copy=True) for value in frame[column]]
+    return frame
+
+
+def bounded_rows(partitions: Mapping[str, Any], columns: Sequence[str], keep: Callable[[pd.DataFrame], pd.Series],
+                 sample: Callable[[pd.DataFrame], pd.Series] | None = None, limit: int | None = None,
+                 seed: int = 0) -> tuple[pd.DataFrame, int]:
+    """The rows `keep` accepts, reading one partition at a time; of those that `sample` marks, at most `limit` (the
+    ones with the smallest `sample_key`), so memory holds one partition plus the kept rows whatever the corpus size.
+    → (rows in partition order, how many sampled-from rows there were in all)."""
+    kept: pd.DataFrame | None = None
+    seen = 0
+    for _, load in sorted(partitions.items()):
+        frame = load_partition(load)
+        frame = _detached(frame.loc[keep(frame), list(columns)])
+        kept = frame if kept is None else pd.concat([kept, frame], ignore_index=True)
+        if sample is not None:
+            marked = sample(frame)
+            seen += int(marked.sum())
+            if limit is not None:
+                marked = sample(kept).to_numpy()
+                if int(marked.sum()) > limit:
+                    keys = sample_key(kept["uid"], seed)
+                    cut = np.sort(keys[marked])[limit - 1]
+                    kept = kept[~marked | (keys <= cut)].reset_index(drop=True)
+    if kept is None:
+        kept = pd.DataFrame(columns=list(columns))
+    return kept, seen
+
+
 def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
     """(N, F) float32 image_emb ⊕ text_emb of a FEATURE_SCHEMA frame: the rater's input (ScoreBatch.features)."""
     if not len(frame):

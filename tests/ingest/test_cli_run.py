@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from tests.ingest.helpers import image_bytes, wds_sample, write_tar
 
 REPO = Path(__file__).resolve().parents[2]
-CONF_FILES = ("catalog.yml", "mlflow.yml", "parameters.yml", "catalog_ingest.yml", "parameters_ingest.yml")
+CONF_FILES = ("catalog.yml", "mlflow.yml", "parameters.yml", "globals.yml", "catalog_ingest.yml", "parameters_ingest.yml")
 
 
 def test_kedro_run_ingest_cli(tmp_path):

@@ -112,6 +112,7 @@ class TransformerTextEncoder(TextEncoder):
     _max_length: int
     batch_size: int
     max_tokens: int
+    device: Any = "cpu"  # the torch device `_model` sits on (devices.resolve_device)
 
     @abstractmethod
     def _forward(self, encoded) -> tuple[Any, Any]:
@@ -133,7 +134,8 @@ class TransformerTextEncoder(TextEncoder):
                 list(texts[part]), padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
             )
             with torch.inference_mode():
-                pooled, hidden = self._forward(encoded)
+                pooled, hidden = self._forward(encoded.to(self.device))
+            encoded, pooled, hidden = encoded.to("cpu"), pooled.float().cpu(), hidden.float().cpu()
             embeddings[part] = pooled.numpy()
             kept = min(max_tokens, hidden.shape[1])
             kept_mask = encoded["attention_mask"][:, :kept].numpy().astype(np.int8)

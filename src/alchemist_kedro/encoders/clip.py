@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.encoders.base import (
     ImageEncoder,
     TransformerTextEncoder,
@@ -75,14 +76,16 @@ def _set_threads(threads: int | None) -> None:
 class CLIPImageEncoder(ImageEncoder):
     name = "clip"
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, batch_size: int = 32, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike[str] | None = None, batch_size: int = 32, threads: int | None = None,
+                 device: str | None = "cpu"):
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
         self.path = resolve_model_dir(path, "clip")
         self.batch_size = batch_size
         _set_threads(threads)
         self._processor = CLIPImageProcessor.from_pretrained(str(self.path), local_files_only=True)
-        self._model = _load_tower(CLIPVisionModelWithProjection, self.path, "clip")
+        self.device = resolve_device(device, stage="clip")
+        self._model = _load_tower(CLIPVisionModelWithProjection, self.path, "clip").to(self.device)
         self.dim = int(self._model.config.projection_dim)
         self._fingerprint = make_fingerprint(self.name, weights_digest(_weight_files(self.path, "clip")))
 
@@ -98,8 +101,8 @@ class CLIPImageEncoder(ImageEncoder):
         for part in batches(len(images), self.batch_size):
             pixels = self._processor(images=list(images[part]), return_tensors="pt")["pixel_values"]
             with torch.inference_mode():
-                embeds = self._model(pixel_values=pixels).image_embeds
-            out[part] = torch.nn.functional.normalize(embeds, dim=-1).numpy()
+                embeds = self._model(pixel_values=pixels.to(self.device)).image_embeds
+            out[part] = torch.nn.functional.normalize(embeds.float(), dim=-1).cpu().numpy()
         return out
 
 
@@ -113,6 +116,7 @@ class CLIPTextEncoder(TransformerTextEncoder):
         batch_size: int = 64,
         max_tokens: int = 16,
         threads: int | None = None,
+        device: str | None = "cpu",
     ):
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -121,7 +125,8 @@ class CLIPTextEncoder(TransformerTextEncoder):
         self.max_tokens = max_tokens
         _set_threads(threads)
         self._tokenizer = CLIPTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self._model = _load_tower(CLIPTextModelWithProjection, self.path, "clip_text")
+        self.device = resolve_device(device, stage="clip_text")
+        self._model = _load_tower(CLIPTextModelWithProjection, self.path, "clip_text").to(self.device)
         self.dim = int(self._model.config.projection_dim)
         self.token_dim = int(self._model.config.hidden_size)
         self._max_length = int(self._model.config.max_position_embeddings)

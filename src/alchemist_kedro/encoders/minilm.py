@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.encoders.base import (
     TransformerTextEncoder,
     make_fingerprint,
@@ -40,6 +41,7 @@ class MiniLMEncoder(TransformerTextEncoder):
         max_tokens: int = 16,
         threads: int | None = None,
         max_seq_length: int = 256,
+        device: str | None = "cpu",
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -56,7 +58,8 @@ class MiniLMEncoder(TransformerTextEncoder):
         if threads is not None:
             torch.set_num_threads(int(threads))
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self._model = AutoModel.from_pretrained(str(self.path), local_files_only=True).eval()
+        self.device = resolve_device(device, stage="minilm")
+        self._model = AutoModel.from_pretrained(str(self.path), local_files_only=True).eval().to(self.device)
         tokenizer_files = [p for p in (self.path / "tokenizer.json", self.path / "vocab.txt") if p.is_file()]
         settings = {"max_seq_length": max_seq_length} if max_seq_length != 256 else None
         self._fingerprint = make_fingerprint(self.name, weights_digest([weights, *tokenizer_files]), settings)

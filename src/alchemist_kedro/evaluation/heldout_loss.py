@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from alchemist_kedro.devices import module_device
 from alchemist_kedro.models.proxy import ProxyT2I, generator_for, stratified_timesteps
 from alchemist_kedro.tables import derangement
 
@@ -42,17 +43,20 @@ def per_timestep_loss(model: ProxyT2I, images: torch.Tensor, tokens: torch.Tenso
         raise ValueError(f"num_timesteps and batch_size must be >= 1, got {k}, {batch_size}")
     was_training = model.training
     model.eval()
-    timesteps = stratified_timesteps(k, model.config.num_train_timesteps)
+    device = module_device(model)
+    timesteps = stratified_timesteps(k, model.config.num_train_timesteps).to(device)
     out = torch.empty((n, k), dtype=torch.float64)
     try:
         for start in range(0, n, batch_size):
             rows = slice(start, start + batch_size)
-            x0 = model.encode(images[rows].float())
+            x0 = model.encode(images[rows].float().to(device))
             eps = noise[rows] if noise is not None else crn_noise(uids[rows], k, tuple(x0.shape[1:]), noise_seed)
             b = len(x0)
-            loss = model.loss_at(x0.repeat_interleave(k, 0), timesteps.repeat(b), eps.reshape(b * k, *x0.shape[1:]),
-                                 tokens[rows].float().repeat_interleave(k, 0), mask[rows].repeat_interleave(k, 0))
-            out[rows] = loss.view(b, k).double()
+            loss = model.loss_at(x0.repeat_interleave(k, 0), timesteps.repeat(b),
+                                 eps.reshape(b * k, *x0.shape[1:]).to(device, x0.dtype),
+                                 tokens[rows].float().to(device).repeat_interleave(k, 0),
+                                 mask[rows].to(device).repeat_interleave(k, 0))
+            out[rows] = loss.view(b, k).double().cpu()
     finally:
         model.train(was_training)
     return out
@@ -78,7 +82,7 @@ def heldout_loss_metrics(model: ProxyT2I, test: dict, *, num_timesteps: int = 12
     images, tokens, mask, uids = test["images"], test["tokens"], test["mask"], list(test["uids"])
     if images.shape[-1] != model.config.resolution:
         raise ValueError(f"test images are {images.shape[-1]} px but the model trains at {model.config.resolution} px")
-    x_shape = tuple(model.encode(images[:1].float()).shape[1:])
+    x_shape = tuple(model.encode(images[:1].float().to(module_device(model))).shape[1:])
     noise = crn_noise(uids, num_timesteps, x_shape, noise_seed)
     own = per_timestep_loss(model, images, tokens, mask, uids, num_timesteps=num_timesteps, batch_size=batch_size,
                             noise=noise)

@@ -143,6 +143,7 @@ class CrossAttentionEstimator:
         self.layers, self._store = install_recorders(unet)
         self.seed = int(seed)
         self._noise: torch.Tensor | None = None
+        self.device = next(iter(unet.parameters())).device  # the caller places the modules
 
     @property
     def tokens(self) -> list[str]:
@@ -150,20 +151,20 @@ class CrossAttentionEstimator:
 
     def _shared_noise(self, like: torch.Tensor) -> torch.Tensor:
         if self._noise is None or self._noise.shape != like.shape[1:]:
-            generator = torch.Generator().manual_seed(self.seed)
-            self._noise = torch.randn(like.shape[1:], generator=generator, dtype=like.dtype)
+            generator = torch.Generator().manual_seed(self.seed)  # a CPU draw: the same on every device
+            self._noise = torch.randn(like.shape[1:], generator=generator, dtype=like.dtype).to(like.device)
         return self._noise
 
     @torch.no_grad()
     def maps(self, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """Layer name → (B, h_l, w_l, M) head-averaged cross-attention maps for the prompt's tokens."""
-        x0 = self._encode(to_model_input(images, self.resolution))
+        x0 = self._encode(to_model_input(images, self.resolution).to(self.device))
         noise = self._shared_noise(x0).expand_as(x0)
-        t = torch.full((len(x0),), self.timestep, dtype=torch.long)
+        t = torch.full((len(x0),), self.timestep, dtype=torch.long, device=self.device)
         x_t = self.scheduler.add_noise(x0, noise, t)
         self._store.clear()
-        states = self.prompt.states.expand(len(x0), -1, -1)
-        mask = None if self.prompt.mask is None else self.prompt.mask.expand(len(x0), -1)
+        states = self.prompt.states.to(self.device).expand(len(x0), -1, -1)
+        mask = None if self.prompt.mask is None else self.prompt.mask.to(self.device).expand(len(x0), -1)
         self._denoise(x_t, t, states, mask)
         missing = [name for name in self.layers if name not in self._store]
         if missing:
@@ -182,7 +183,7 @@ class CrossAttentionEstimator:
         parts = []
         for start in range(0, len(images), self.batch_size):
             maps = self.maps(list(images[start : start + self.batch_size]))
-            parts.append(torch.stack([maps[name].pow(2).sum((1, 2)).sqrt() for name in self.layers], 1).double())
+            parts.append(torch.stack([maps[name].pow(2).sum((1, 2)).sqrt() for name in self.layers], 1).double().cpu())
         if not parts:
             return np.zeros((0, len(self.layers), len(self.prompt.positions)))
         return torch.cat(parts).numpy()
@@ -220,9 +221,12 @@ def sd_folder_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def estimator_from_sd_folder(path, keywords, timestep: int, seed: int = 0, batch_size: int = 8,
-                             include_special_tokens: bool = False) -> CrossAttentionEstimator:
+                             include_special_tokens: bool = False, device="cpu") -> CrossAttentionEstimator:
     parts = load_sd_folder(path)
     tokenizer, text_encoder, vae, unet = parts["tokenizer"], parts["text_encoder"], parts["vae"], parts["unet"]
+    unet.to(device)
+    if vae is not None:
+        vae.to(device)
     # As the SD pipelines do: padded to the tokenizer's length, last hidden states, no attention mask to the UNet.
     max_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
     encoded = tokenizer(quality_prompt(keywords), padding="max_length", max_length=max_length, truncation=True,
@@ -253,13 +257,16 @@ def estimator_from_sd_folder(path, keywords, timestep: int, seed: int = 0, batch
 
 
 def estimator_from_t2i(artifact: dict, text_encoder, keywords, timestep: int, max_tokens: int = 16, seed: int = 0,
-                       batch_size: int = 8, include_special_tokens: bool = False) -> CrossAttentionEstimator:
+                       batch_size: int = 8, include_special_tokens: bool = False,
+                       device="cpu") -> CrossAttentionEstimator:
     """The project's downstream T2I model (`t2i_model` artifact) with the prompt encoded by `text_encoder` (the
     project's TransformerTextEncoder, e.g. MiniLM) into the token states it was trained on."""
     from alchemist_kedro.models.t2i import t2i_from_artifact
 
-    model = t2i_from_artifact(artifact)
+    model = t2i_from_artifact(artifact).to(device)
     model.requires_grad_(False)
+    if model.vae is not None:
+        model.vae.to(device)
     prompt_text = quality_prompt(keywords)
     _, states, mask = text_encoder.encode([prompt_text], max_tokens)
     ids, special = text_encoder.prompt_token_ids(prompt_text, max_tokens)

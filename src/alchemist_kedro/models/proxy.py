@@ -327,8 +327,10 @@ def per_sample_loss(
     else:
         t = torch.randint(0, proxy.config.num_train_timesteps, (b * k,), generator=generator)
         noise = torch.randn((b * k, *shape), generator=generator)
+    # Drawn on the CPU generators, then moved: the same draws on every device.
     loss = proxy.loss_at(
-        x0.repeat_interleave(k, 0), t, noise.to(x0.dtype), tokens.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+        x0.repeat_interleave(k, 0), t.to(x0.device), noise.to(x0.device, x0.dtype), tokens.repeat_interleave(k, 0),
+        mask.repeat_interleave(k, 0)
     )
     return loss.view(b, k).mean(1)
 
@@ -337,9 +339,9 @@ def draw_training_noise(proxy: DiffusionProxy, x0: torch.Tensor, generator: torc
     """One random (t, ε) per sample and a caption-dropout mask, all from `generator` (a function of seed and step)."""
     b = x0.shape[0]
     t = torch.randint(0, proxy.config.num_train_timesteps, (b,), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.dtype)
-    keep = (torch.rand(b, generator=generator) >= caption_dropout).to(x0.dtype)
-    return t, noise, keep
+    noise = torch.randn(x0.shape, generator=generator)
+    keep = torch.rand(b, generator=generator) >= caption_dropout
+    return t.to(x0.device), noise.to(x0.device, x0.dtype), keep.to(x0.device, x0.dtype)
 
 
 def training_loss(proxy: DiffusionProxy, images, tokens, mask, generator, caption_dropout=None) -> torch.Tensor:

@@ -114,8 +114,9 @@ class Rater(nn.Module):
         t = self.proxy_timesteps.repeat(n)
         noise = self.proxy_noise.repeat(n, 1).to(x0.dtype)
         tokens = text[:, None, :].repeat_interleave(k, 0)
-        own = proxy.loss_at(x0k, t, noise, tokens, torch.ones(n * k, 1, dtype=torch.int64)).view(n, k).mean(1)
-        null = proxy.loss_at(x0k, t, noise, torch.zeros_like(tokens), torch.zeros(n * k, 1, dtype=torch.int64))
+        ones = torch.ones(n * k, 1, dtype=torch.int64, device=x0.device)
+        own = proxy.loss_at(x0k, t, noise, tokens, ones).view(n, k).mean(1)
+        null = proxy.loss_at(x0k, t, noise, torch.zeros_like(tokens), torch.zeros_like(ones))
         return torch.stack([own, null.view(n, k).mean(1) - own], dim=-1)
 
     def inputs(self, features: torch.Tensor) -> torch.Tensor:
@@ -173,14 +174,17 @@ class Rater(nn.Module):
 def score_with_rater(rater: Rater, features, batch_size: int = 4096) -> np.ndarray:
     """Instance logits for (N, F) features: the batch-independent score (method.md), higher = better."""
     rater.eval()
+    device = next(iter(rater.parameters())).device
     features = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    out = [rater.instance_logits(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
+    out = [rater.instance_logits(features[i : i + batch_size].to(device)).cpu()
+           for i in range(0, len(features), batch_size)]
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
 def rater_to_artifact(rater: Rater) -> dict:
     """What the `rater_model` dataset stores: state dict (safetensors) + config (JSON)."""
-    return {"state_dict": {k: v.detach().clone() for k, v in rater.state_dict().items()}, "config": asdict(rater.config)}
+    return {"state_dict": {k: v.detach().cpu().clone() for k, v in rater.state_dict().items()},
+            "config": asdict(rater.config)}
 
 
 def rater_from_artifact(artifact: dict) -> Rater:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from alchemist_kedro.devices import module_device
 from alchemist_kedro.models.proxy import ProxyConfig, ProxyT2I
 
 
@@ -86,11 +87,13 @@ class T2IModel(ProxyT2I):
         was_training = self.training
         self.eval()
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
-        noise = torch.randn((len(tokens), c, s, s), generator=generator)
+        device = module_device(self.unet)
+        noise = torch.randn((len(tokens), c, s, s), generator=generator)  # CPU draws: the same on every device
         out = []
         for start in range(0, len(tokens), batch_size):
-            tok, msk = tokens[start : start + batch_size].float(), mask[start : start + batch_size]
-            x = noise[start : start + batch_size] * scheduler.init_noise_sigma
+            tok = tokens[start : start + batch_size].float().to(device)
+            msk = mask[start : start + batch_size].to(device)
+            x = noise[start : start + batch_size].to(device) * scheduler.init_noise_sigma
             guided = scale != 1.0
             context = torch.cat([torch.zeros_like(tok), tok]) if guided else tok
             context_mask = torch.cat([torch.zeros_like(msk), msk]) if guided else msk
@@ -100,8 +103,8 @@ class T2IModel(ProxyT2I):
                 if guided:
                     uncond, cond = pred.chunk(2)
                     pred = uncond + scale * (cond - uncond)
-                x = scheduler.step(pred, t, x, eta=cfg.eta, generator=generator).prev_sample
-            out.append(self.decode(x))
+                x = scheduler.step(pred.float(), t, x, eta=cfg.eta, generator=generator).prev_sample
+            out.append(self.decode(x).float().cpu())
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros((0, 3, cfg.resolution, cfg.resolution))
 
@@ -135,7 +138,7 @@ class EMA:
 
 def t2i_to_artifact(model: T2IModel) -> dict:
     """What TorchSafetensorsDataset stores: UNet weights + the JSON config (one .safetensors file)."""
-    return {"state_dict": {k: v.detach().clone() for k, v in model.unet.state_dict().items()},
+    return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.unet.state_dict().items()},
             "config": asdict(model.config)}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.models.aesthetic_head import PUBLISHED_HEAD_FILE, load_aesthetic_head
 from alchemist_kedro.scorers.base import Scorer, ScoreBatch, file_sha256, register_scorer
 
@@ -88,7 +89,7 @@ class AestheticScorer(Scorer):
                 f"aesthetic: the head takes {self.head.config.input_dim}-d embeddings but {clip_model} projects to "
                 f"{self.clip.config.projection_dim}-d (the published head is for ViT-L/14, 768-d)"
             )
-        self.device = torch.device(device)
+        self.device = resolve_device(device, stage="aesthetic")
         self.clip.to(self.device).eval()
         self.head.to(self.device).eval()
         self.model_batch_size = model_batch_size

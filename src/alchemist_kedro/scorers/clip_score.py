@@ -17,18 +17,19 @@ class ClipScoreScorer(Scorer):
     higher_is_better = True
     needs = frozenset({"image", "caption"})
     # Where the weights live does not change the scores; their contents (weights_digest) do.
-    unversioned_params = frozenset({"threads", "clip_model", "batch_size"})
+    unversioned_params = frozenset({"threads", "clip_model", "batch_size", "device"})
 
-    def __init__(self, clip_model: str | None = None, batch_size: int = 32, threads: int | None = None) -> None:
+    def __init__(self, clip_model: str | None = None, batch_size: int = 32, threads: int | None = None,
+                 device: str | None = "cpu") -> None:
         if not clip_model:
             raise ValueError(
                 "clip_score needs CLIP weights: set heuristics.scorer_params.clip_score.clip_model to a local "
                 "save_pretrained folder (config.json, model.safetensors, tokenizer and preprocessor files) or a hub "
                 "id already in the local Hugging Face cache, e.g. openai/clip-vit-large-patch14"
             )
-        super().__init__(clip_model=str(clip_model), batch_size=batch_size, threads=threads)
-        self.images = CLIPImageEncoder(clip_model, batch_size=batch_size, threads=threads)
-        self.texts = CLIPTextEncoder(clip_model, batch_size=batch_size, threads=threads)
+        super().__init__(clip_model=str(clip_model), batch_size=batch_size, threads=threads, device=device)
+        self.images = CLIPImageEncoder(clip_model, batch_size=batch_size, threads=threads, device=device)
+        self.texts = CLIPTextEncoder(clip_model, batch_size=batch_size, threads=threads, device=device)
         if self.images.dim != self.texts.dim:
             raise ValueError(f"clip_score: {clip_model} projects images to {self.images.dim}-d but text to "
                              f"{self.texts.dim}-d")

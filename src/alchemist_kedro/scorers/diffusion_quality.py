@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.hashing import file_sha256, json_digest, tensors_digest
 from alchemist_kedro.scorers.base import Scorer, ScoreBatch, register_scorer
 from alchemist_kedro.scorers.degradations import DEGRADATIONS, degraded_group
@@ -112,7 +113,7 @@ class DiffusionQualityScorer(Scorer):
     higher_is_better = True
     needs = frozenset({"image"})
     # Weights enter the version through weights_digest; the fit (K pairs + separations) through `fit`.
-    unversioned_params = frozenset({"threads", "batch_size", "path", "artifact", "text_encoder_params"})
+    unversioned_params = frozenset({"threads", "batch_size", "path", "artifact", "text_encoder_params", "device"})
 
     def __init__(
         self,
@@ -130,6 +131,7 @@ class DiffusionQualityScorer(Scorer):
         fit: pd.DataFrame | list[dict] | None = None,
         batch_size: int = 8,
         threads: int = 1,
+        device: str | None = "cpu",
     ) -> None:
         """`source`: "sd_folder" (`path`: a local Stable-Diffusion-style folder) or "t2i" (`artifact`: what the
         `t2i_model` dataset loads; its prompt goes through the project text encoder `text_encoder`). `fit`: a fit
@@ -143,12 +145,13 @@ class DiffusionQualityScorer(Scorer):
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"diffusion_quality: k must be a positive integer, got {k!r}")
         torch.set_num_threads(max(1, int(threads)))
+        placed = resolve_device(device, stage="diffusion_quality")
         keywords = list(keywords)
         if source == "sd_folder":
             if not path:
                 raise ValueError("diffusion_quality: source sd_folder needs `path` (a local folder)")
             self.estimator = dq.estimator_from_sd_folder(path, keywords, timestep, seed, batch_size,
-                                                         include_special_tokens)
+                                                         include_special_tokens, placed)
             self._weights = json_digest([[str(p.relative_to(path)), file_sha256(p)]
                                          for p in dq.sd_folder_files(path)], 32)
         else:
@@ -160,7 +163,7 @@ class DiffusionQualityScorer(Scorer):
             if not isinstance(encoder, TransformerTextEncoder):
                 raise ValueError(f"diffusion_quality: text encoder {text_encoder!r} gives no token ids")
             self.estimator = dq.estimator_from_t2i(artifact, encoder, keywords, timestep, max_tokens, seed,
-                                                   batch_size, include_special_tokens)
+                                                   batch_size, include_special_tokens, placed)
             self._weights = json_digest([tensors_digest(artifact["config"], artifact["state_dict"]),
                                          encoder.fingerprint], 32)
         self.selection: pd.DataFrame | None = None
@@ -171,7 +174,7 @@ class DiffusionQualityScorer(Scorer):
         super().__init__(source=source, path=path, artifact=artifact, keywords=keywords, timestep=timestep, k=k,
                          seed=seed, include_special_tokens=include_special_tokens, text_encoder=text_encoder,
                          text_encoder_params=text_encoder_params, max_tokens=max_tokens, fit=records,
-                         batch_size=batch_size, threads=threads)
+                         batch_size=batch_size, threads=threads, device=device)
 
     def weights_digest(self) -> str:
         return self._weights

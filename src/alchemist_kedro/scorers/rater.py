@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.models.rater import rater_from_artifact, score_with_rater
 from alchemist_kedro.scorers.base import ArtifactScorer, ScoreBatch, register_scorer
 
@@ -17,10 +18,14 @@ class RaterScorer(ArtifactScorer):
     name = "rater"
     higher_is_better = True
 
-    def __init__(self, artifact: dict, batch_size: int = 4096, threads: int = 1) -> None:
-        """`artifact`: what the `rater_model` dataset loads ({"state_dict", "config"})."""
+    unversioned_params = ArtifactScorer.unversioned_params | {"device"}
+
+    def __init__(self, artifact: dict, batch_size: int = 4096, threads: int = 1, device: str | None = "cpu") -> None:
+        """`artifact`: what the `rater_model` dataset loads ({"state_dict", "config"}); `device`: where it runs."""
         super().__init__(artifact=artifact, batch_size=batch_size, threads=threads)
-        self.model = rater_from_artifact(artifact)
+        self.params["device"] = device
+        self.device = resolve_device(device, stage="rater scoring")
+        self.model = rater_from_artifact(artifact).to(self.device)
 
     def score_batch(self, batch: ScoreBatch) -> np.ndarray:
         self.check_batch(batch)
@@ -35,6 +40,7 @@ class RaterScorer(ArtifactScorer):
         with torch.no_grad():
             for start in range(0, len(features), batch_size):
                 chunk = torch.as_tensor(np.asarray(features[start : start + batch_size], dtype=np.float32))
+                chunk = chunk.to(self.device)
                 if len(chunk) > 1:
                     out[start : start + len(chunk)] = float(self.model(chunk)[2])
         return out

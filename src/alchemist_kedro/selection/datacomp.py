@@ -5,21 +5,43 @@ import re
 from typing import Iterable
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # DataComp's resharder.py: `u16 = np.dtype("u8,u8")`; load_subset asserts `subset.dtype == u16`.
 DATACOMP_UID_DTYPE = np.dtype("u8,u8")
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+_CHUNK = 1 << 20  # uids converted to numpy per step
 
 
 def uid_subset_array(uids: Iterable[str]) -> np.ndarray:
     """Sorted uids as a fixed-width unicode array (``<U{longest}``), savable without pickling.
 
     The readable list: any uid works, np.load(allow_pickle=False) opens it (an object array of str would need
-    pickling). Sorted so it diffs and merges well and np.searchsorted answers membership.
+    pickling). Sorted so it diffs and merges well and np.searchsorted answers membership. Built from Arrow strings
+    a chunk at a time, so 30M uids never exist as 30M Python objects (UTF-8 byte order = code-point order = numpy's).
     """
-    values = [str(u) for u in uids]
-    width = max((len(u) for u in values), default=1)
-    return np.sort(np.asarray(values, dtype=f"<U{width}"))
+    values = _arrow_strings(uids)
+    width = max(int(pc.max(pc.utf8_length(values)).as_py() or 0), 1) if len(values) else 1
+    values = values.take(pc.sort_indices(values))
+    out = np.empty(len(values), dtype=f"<U{width}")
+    for start in range(0, len(values), _CHUNK):
+        part = values.slice(start, _CHUNK)
+        out[start : start + len(part)] = part.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _arrow_strings(uids: Iterable[str]) -> pa.Array:
+    """uids (a pandas Series / Arrow-backed array / list) as one Arrow string array."""
+    if isinstance(uids, pd.Series):
+        uids = uids.array
+    if isinstance(uids, pd.api.extensions.ExtensionArray) and hasattr(uids, "__arrow_array__"):
+        values = pa.array(uids)
+    else:
+        values = pa.array([str(u) for u in uids], type=pa.string())
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return values.cast(pa.string())
 
 
 def non_datacomp_uids(uids: Iterable[str]) -> list[str]:

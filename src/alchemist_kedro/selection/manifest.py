@@ -37,7 +37,7 @@ def select_from_scores(scores: pd.DataFrame, params: dict[str, Any], scorer: str
     logger.info("select: %s picked %d of %d (k = %d)", params["strategy"], selected.sum(), ranking.n, k)
     return pd.DataFrame(
         {
-            "uid": scores["uid"].astype(str).to_numpy(),
+            "uid": scores["uid"].astype(str).array,  # Arrow strings (pandas 3's str), not an object array
             "score": ranking.scores,
             "percentile": ranking.percentiles(),
             "selected": selected,

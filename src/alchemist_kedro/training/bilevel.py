@@ -119,6 +119,9 @@ class Split:
         index = torch.as_tensor(index)
         return Split(self.images[index], self.tokens[index], self.mask[index], [self.uids[i] for i in index.tolist()])
 
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.tokens.to(device), self.mask.to(device), self.uids)
+
 
 @dataclass
 class RaterData:
@@ -137,6 +140,10 @@ class RaterData:
             return data
         split = lambda p: Split(data[f"{p}_images"], data[f"{p}_tokens"], data[f"{p}_mask"], list(data[f"{p}_uids"]))
         return cls(split("pool"), split("val"), data["pool_features"])
+
+    def to(self, device) -> "RaterData":
+        return RaterData(self.pool.to(device), self.val.to(device), self.pool_features.to(device), self.text_dim,
+                         self.missing_features)
 
 
 @dataclass
@@ -200,7 +207,7 @@ def _step(optimizer, params, loss, clip):
 
 # ------------------------------------------------------------------------------------------- the steps
 def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterConfig, config: BilevelConfig,
-               vae=None, alignment_state: dict | None = None) -> BilevelState:
+               vae=None, alignment_state: dict | None = None, device: torch.device | str = "cpu") -> BilevelState:
     torch.manual_seed(config.seed)  # initial weights of θ̂ and μ
     theta_hat = build_proxy(proxy_config, data.pool.images, vae=vae, tokens=data.pool.tokens, mask=data.pool.mask)
     rater = Rater(rater_config)
@@ -209,6 +216,9 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
             raise ValueError("the rater's alignment feature needs the fitted alignment model's weights")
         rater.alignment.load_state_dict(alignment_state)
     rater.set_standardisation(data.pool_features)
+    theta_hat.to(device), rater.to(device)  # before the optimisers take their parameters
+    if getattr(theta_hat, "vae", None) is not None:  # held outside the module tree (frozen, not trained)
+        theta_hat.vae.to(device)
     opt_rater = torch.optim.AdamW(
         [
             {"params": list(rater.instance_mlp.parameters())
@@ -448,13 +458,17 @@ def train_rater_bilevel(
     on_step: Callable[[int], None] | None = None,
     vae=None,
     alignment_state: dict | None = None,
+    device: torch.device | str = "cpu",
 ) -> RaterTrainingResult:
     """Train the rater on `data` (a RaterData, or its pool_*/val_* dict). `on_step(global_step)` runs after each
-    step (tests use it to simulate a kill). Checkpoints go to checkpoint_dir/<fingerprint of config + uids>."""
+    step (tests use it to simulate a kill). Checkpoints go to checkpoint_dir/<fingerprint of config + uids>.
+    `device`: where the models and the data tensors live (devices.resolve_device); the returned models are on CPU.
+    It is not part of the checkpoint fingerprint: a run may resume on another device."""
     data = RaterData.from_mapping(data)
     n_pool, n_val = len(data.pool), len(data.val)
     epoch_steps = config.ul_epoch_steps or math.ceil(n_pool / config.batch_size)
-    state = init_state(data, proxy_config, rater_config, config, vae, alignment_state)
+    state = init_state(data, proxy_config, rater_config, config, vae, alignment_state, device)
+    data = data.to(device)
     probe = data.pool.rows(np.sort(np.random.default_rng(config.seed).permutation(n_pool)[: config.probe_size]))
     ckpt_dir = None
     if checkpoint_dir is not None:
@@ -504,7 +518,11 @@ def train_rater_bilevel(
         if on_step is not None:
             on_step(state.step)
 
-    state.rater.eval()
-    return RaterTrainingResult(rater=state.rater, history=state.history, trace=state.trace,
-                               theta=state.theta if state.theta is not None else state.theta_hat,
+    state.rater.eval().cpu()
+    theta = state.theta if state.theta is not None else state.theta_hat
+    for model in {id(m): m for m in (theta, state.theta_hat)}.values():
+        model.cpu()
+        if getattr(model, "vae", None) is not None:
+            model.vae.cpu()
+    return RaterTrainingResult(rater=state.rater, history=state.history, trace=state.trace, theta=theta,
                                theta_hat=state.theta_hat)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.models.t2i import t2i_config_from_dict, t2i_to_artifact
 from alchemist_kedro.tables import join_split, take_rows
 from alchemist_kedro.training.t2i import T2ITrainingConfig, T2ITrainingResult, train_t2i
@@ -40,7 +41,9 @@ def train_downstream(inputs: dict, params: dict) -> tuple[T2ITrainingResult, dic
     torch.set_num_threads(int(params["threads"]))
     model_config = t2i_config_from_dict(dict(params["model"]))
     config = T2ITrainingConfig(**params["training"])
-    result = train_t2i(inputs["train"], model_config, config, checkpoint_dir=params["checkpoint_dir"])
+    result = train_t2i(inputs["train"], model_config, config, checkpoint_dir=params["checkpoint_dir"],
+                       device=resolve_device(params.get("device"), stage="train_t2i"),
+                       precision=params.get("precision") or "fp32")
     metrics = dict(result.history)  # the catalog entry prefixes "t2i."
     metrics["train_seconds"] = [{"step": result.total_steps, "value": float(result.train_seconds)}]
     metrics["steps"] = [{"step": result.total_steps, "value": float(result.total_steps)}]

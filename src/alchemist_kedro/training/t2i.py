@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from alchemist_kedro.devices import autocast
 from alchemist_kedro.models.proxy import generator_for, training_loss
 from alchemist_kedro.models.t2i import EMA, T2IConfig, T2IModel
 from alchemist_kedro.hashing import run_fingerprint
@@ -79,16 +80,22 @@ def train_t2i(
     checkpoint_dir: str | Path | None = None,
     on_step: Callable[[int], None] | None = None,
     vae=None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> T2ITrainingResult:
     """Train on `data` = {images (N,3,R,R) in [-1,1], tokens (N,L,D), mask (N,L), uids}.
 
-    `on_step(step)` runs after each completed step (tests raise from it to simulate a kill).
+    `on_step(step)` runs after each completed step (tests raise from it to simulate a kill). `device`: where the
+    model trains (the data stays on the CPU and moves a batch at a time); `precision` bf16/fp16: autocast on CUDA.
+    The returned model stays on `device`.
     """
     images, tokens, mask, uids = data["images"], data["tokens"], data["mask"], list(data["uids"])
     n = len(uids)
     steps = total_steps(n, config)
     torch.manual_seed(config.seed)  # initial weights
-    model = T2IModel(model_config, vae=vae)
+    model = T2IModel(model_config, vae=vae).to(device)
+    if model.vae is not None:
+        model.vae.to(device)
     model.train()
     params = list(model.unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.betas, weight_decay=config.weight_decay)
@@ -117,8 +124,10 @@ def train_t2i(
     for step in range(start, steps):
         began = time.perf_counter()
         idx = torch.as_tensor(batch_indices(n, config, step))
-        loss = training_loss(model, images[idx], tokens[idx], mask[idx], generator_for(config.seed, "t2i-noise", step))
-        loss = loss.mean()
+        with autocast(torch.device(device), precision):
+            loss = training_loss(model, images[idx].to(device), tokens[idx].to(device), mask[idx].to(device),
+                                 generator_for(config.seed, "t2i-noise", step))
+        loss = loss.float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

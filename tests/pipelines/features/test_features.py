@@ -14,12 +14,13 @@ from kedro.io import DataCatalog
 from alchemist_kedro.pipelines.features.nodes import compute_features
 from alchemist_kedro.schemas import FEATURE_SCHEMA
 from tests.encoders.images import drawn_images, png_bytes
+from tests.conf_values import base_params
 
 pytest.importorskip("onnx", reason="open_nsfw needs the onnx package (onnx==1.23.2)")
 torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[3]
-PARAMS = yaml.safe_load((ROOT / "conf/base/parameters_features.yml").read_text())["features"]
+PARAMS = base_params("features")
 CAPTIONS = ["a red circle", "a blue square", "a colour gradient", "green stripes"]
 
 

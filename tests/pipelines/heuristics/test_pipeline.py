@@ -15,6 +15,7 @@ from alchemist_kedro.pipelines.heuristics import create_pipeline
 from alchemist_kedro.pipelines.heuristics import nodes as heuristic_nodes
 from alchemist_kedro.schemas import SCORE_SCHEMA
 from alchemist_kedro.scorers import build_score_table
+from tests.conf_values import base_params
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -85,7 +86,7 @@ def run(data: Path, params: dict) -> DataCatalog:
 
 @pytest.fixture
 def params() -> dict:
-    config = yaml.safe_load((ROOT / "conf/base/parameters_heuristics.yml").read_text())["heuristics"]
+    config = base_params("heuristics")
     config["short_side"] = 64  # native size: keeps the test fast
     config["scorers"] = ["clarity", "frequency", "edge_density", "nsfw"]  # nsfw is off by default; test it here
     return config

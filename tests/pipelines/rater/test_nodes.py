@@ -125,3 +125,70 @@ def test_alignment_feature_travels_with_the_rater_artifact(tmp_path):
     torch.testing.assert_close(cosine, expected)
     np.testing.assert_array_equal(score_with_rater(rater, f.numpy()), score_with_rater(rater_from_artifact(artifact),
                                                                                           f.numpy()))
+
+
+def _lazy_corpus(n_shards, rows_per_shard=400, n_val=20, dim=256):
+    """{shard: loader} for samples and features, each frame built only when called (as PartitionedDataset does)."""
+    def samples(s):
+        def load():
+            uids = [f"s{s:03d}_{i:04d}" for i in range(rows_per_shard)]
+            split = ["val" if (s == 0 and i < n_val) else "pool" for i in range(rows_per_shard)]
+            return pd.DataFrame({"uid": uids, "caption": "c", "image": b"", "split": split})
+        return load
+
+    def features(s):
+        def load():
+            rng = np.random.default_rng(s)
+            return pd.DataFrame({"uid": [f"s{s:03d}_{i:04d}" for i in range(rows_per_shard)],
+                                 "image_emb": list(rng.normal(size=(rows_per_shard, dim)).astype(np.float32)),
+                                 "text_emb": list(rng.normal(size=(rows_per_shard, 64)).astype(np.float32))})
+        return load
+
+    return ({f"{s:03d}": samples(s) for s in range(n_shards)}, {f"{s:03d}": features(s) for s in range(n_shards)})
+
+
+def _embedding_params(tmp_path, pool_sample):
+    params = _params(tmp_path)
+    params["proxy"]["space"] = "embedding"
+    params["pool_sample"] = pool_sample
+    return params
+
+
+def test_pool_sample_is_a_fixed_uniform_sample_whatever_the_sharding(tmp_path):
+    samples, features = _lazy_corpus(6)
+    out = build_rater_inputs(samples, features, _embedding_params(tmp_path, 300))
+    assert len(out.pool) == 300 and len(out.val) == 20  # val is never sampled
+    all_pool = pd.Series([f"s{s:03d}_{i:04d}" for s in range(6) for i in range(400) if not (s == 0 and i < 20)])
+    from alchemist_kedro.tables import sample_key
+
+    expected = set(all_pool[np.argsort(sample_key(all_pool, 0))[:300]])
+    assert set(out.pool.uids) == expected
+    # The same rows when the corpus arrives as one shard, and a different sample for another seed.
+    one = {"all": lambda: pd.concat([load() for load in samples.values()], ignore_index=True)}
+    assert set(build_rater_inputs(one, features, _embedding_params(tmp_path, 300)).pool.uids) == expected
+    params = _embedding_params(tmp_path, 300)
+    params["training"]["seed"] = 1
+    assert set(build_rater_inputs(samples, features, params).pool.uids) != expected
+    # Sampled pools hit every shard (uniform), and null keeps the whole pool.
+    assert len({uid[:4] for uid in out.pool.uids}) == 6
+    assert len(build_rater_inputs(samples, features, _embedding_params(tmp_path, None)).pool) == len(all_pool)
+
+
+def test_rater_inputs_memory_does_not_grow_with_the_pool_beyond_the_sample(tmp_path):
+    import gc
+    import tracemalloc
+
+    def peak(n_shards, pool_sample):
+        samples, features = _lazy_corpus(n_shards)
+        gc.collect()
+        tracemalloc.start()
+        out = build_rater_inputs(samples, features, _embedding_params(tmp_path, pool_sample))
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        del out
+        return top
+
+    small, large = peak(4, 300), peak(16, 300)
+    assert large < 1.5 * small, f"peak {large / 1e6:.1f} MB at 16 shards vs {small / 1e6:.1f} MB at 4 (sample 300)"
+    # Without the bound the same corpus grows with the pool: the measurement can tell.
+    assert peak(16, None) > 2.5 * peak(4, None)

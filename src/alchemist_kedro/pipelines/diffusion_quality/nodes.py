@@ -38,6 +38,7 @@ def build_scorer(params: dict[str, Any], t2i_model: dict | None, text_encoder: d
         "k": int(params["k"]), "seed": int(params["seed"]),
         "include_special_tokens": bool(params.get("include_special_tokens", False)),
         "batch_size": int(params["batch_size"]), "threads": int(params["threads"]), "fit": fit,
+        "device": params.get("device", "cpu"),
     }
     if source == "t2i":
         if t2i_model is None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.evaluation.downstream import (
     build_image_encoder,
     evaluate_generated,
@@ -24,8 +25,9 @@ def build_test_set(samples: dict, features: dict, t2i_model: dict, params: dict)
 def evaluate_t2i(t2i_model: dict, test: dict, alignment_model: dict, params: dict):
     """→ (MLflow metrics {<name>: value}, prefixed "eval." by the catalog, report dict for data/08_reporting)."""
     torch.set_num_threads(int(params["threads"]))
-    metrics = evaluate_generated(t2i_from_artifact(t2i_model), test, alignment_from_artifact(alignment_model),
-                                 build_image_encoder(params), params)
+    model = t2i_from_artifact(t2i_model).to(resolve_device(params.get("device"), stage="evaluate"))
+    metrics = evaluate_generated(model, test, alignment_from_artifact(alignment_model), build_image_encoder(params),
+                                 params)
     report = {"metrics": metrics, "test_uids": len(test["uids"]), "missing_features": test["missing_features"],
               "model": t2i_model["config"], "note": "fd_onsfw is not comparable to published FID"}
     return metrics_history(metrics), report

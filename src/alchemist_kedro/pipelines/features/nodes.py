@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from alchemist_kedro.encoders import ImageEncoder, TextEncoder, get_image_encoder, get_text_encoder
 from alchemist_kedro.encoders.base import settings_digest
 from alchemist_kedro.schemas import FEATURE_SCHEMA
-from alchemist_kedro.shard_engine import LocalEngine, Part, ShardTask, row_keys, source_digests
+from alchemist_kedro.shard_engine import engine_for, Part, ShardTask, row_keys, source_digests
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def compute_features(
     chunk_size = int(params["chunk_size"])
 
     # One part: the whole shard, current when every row carries this fingerprint and the row keys are unchanged.
-    engine = LocalEngine()
+    engine = engine_for(params, "features")
     plan = engine.plan(shard_keys, features_cache, {"features": Part("fingerprint", fingerprint, ())},
                        shard_keys.get, ordered_uids=False)
 

@@ -24,13 +24,13 @@ from alchemist_kedro.reporting.plots import correlation_figure, raw_score_histog
 from alchemist_kedro.scorers import ScoreBatch, Scorer, build_score_table, get_scorer, scorer_class
 from alchemist_kedro.scorers.base import accepted_params
 from alchemist_kedro.scorers.decode import decode_images
-from alchemist_kedro.shard_engine import DIGEST_COLUMN, LocalEngine, Part, ShardTask, row_keys, source_digests
+from alchemist_kedro.shard_engine import DIGEST_COLUMN, engine_for, Part, ShardTask, row_keys, source_digests
 from alchemist_kedro.tables import feature_matrix, load_partition
 
 logger = logging.getLogger(__name__)
 
 # Knobs shared by every scorer that accepts them (passed only to those whose constructor takes them).
-SHARED_SCORER_PARAMS = ("short_side", "interpolation", "threads")
+SHARED_SCORER_PARAMS = ("short_side", "interpolation", "threads", "device")
 
 
 def version_column(scorer_name: str) -> str:
@@ -178,7 +178,7 @@ def score_shards(
 
     # One part per scorer: its raw column stays valid while its version column holds its version and the shard's
     # uids are the same, in the same order (kept and new columns are joined by position).
-    engine = LocalEngine()
+    engine = engine_for(params, "heuristics")
     parts = {scorer.name: Part(version_column(scorer.name), scorer.version, (scorer.name,)) for scorer in scorers}
     by_name = {scorer.name: scorer for scorer in scorers}
     plan = engine.plan(

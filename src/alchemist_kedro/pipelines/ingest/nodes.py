@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from alchemist_kedro.ingest.normalise import NormaliseSettings, Quarantined, decode_caption, normalise_image
 from alchemist_kedro.schemas import QUARANTINE_REASONS, QUARANTINE_SCHEMA, SAMPLE_SCHEMA
+from alchemist_kedro.shard_engine import LocalEngine, Plan, ShardTask, engine_for
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,48 @@ def _normalise_partition(
     return _arrow_frame(rows, INGESTED_SCHEMA)
 
 
+_SAMPLE_ONLY = ("caption", "image", "width", "height", "sha256")
+
+
+def _normalise_unchecked(partition: str, load_raw: Callable[[], pd.DataFrame], settings: NormaliseSettings,
+                         task: ShardTask | None = None) -> pd.DataFrame:
+    """A worker's half of a partition (executor: ray): every row normalised as if no uid repeated, plus `_raw_error`
+    (the reader already failed the row, a reason that comes before duplicate_uid)."""
+    raw = load_raw()
+    rows = []
+    for record in raw.to_dict("records"):
+        row = _normalise_row(record, False, settings)
+        row["shard"] = partition
+        rows.append(row)
+    frame = _arrow_frame(rows, INGESTED_SCHEMA)
+    frame["_raw_error"] = [isinstance(error, str) for error in raw["raw_error"]]
+    return frame
+
+
+def _apply_duplicates(partition: str, frame: pd.DataFrame, ledger: _UidLedger) -> pd.DataFrame:
+    """The driver's half: the ledger (ingest order) marks repeated uids duplicate_uid, exactly as the local path."""
+    duplicate = pd.Series(ledger.duplicates(partition, frame["uid"].astype(str).tolist()), index=frame.index)
+    mark = duplicate & ~frame["_raw_error"].astype(bool)
+    frame = frame.drop(columns="_raw_error")
+    if mark.any():
+        frame = frame.astype(object)
+        frame.loc[mark, list(_SAMPLE_ONLY)] = None
+        frame.loc[mark, "quarantine_reason"] = "duplicate_uid"
+        frame.loc[mark, "quarantine_detail"] = [f"uid '{uid}' already ingested earlier" for uid in frame.loc[mark, "uid"]]
+        frame = _arrow_frame(frame.where(frame.notna(), None), INGESTED_SCHEMA)
+    return frame
+
+
+def _normalise_with_engine(raw_pairs, order, settings, ledger, engine) -> dict[str, Callable[[], pd.DataFrame]]:
+    plan = Plan(tuple(ShardTask(partition, ("ingest",), ()) for partition in order), (), ())
+    computed = engine.run(plan, lambda task: _normalise_unchecked(task.shard, raw_pairs[task.shard], settings))
+
+    def bind(partition: str) -> Callable[[], pd.DataFrame]:
+        return lambda: _apply_duplicates(partition, computed[partition](), ledger)
+
+    return {partition: bind(partition) for partition in order}
+
+
 def normalise_pairs(raw_pairs: dict[str, Callable[[], pd.DataFrame]], params: dict[str, Any]) -> dict[str, Callable[[], pd.DataFrame]]:
     """Raw partitions (``raw_pairs``: ImageTextSources) -> lazy ``{partition: () -> DataFrame}``.
 
@@ -154,6 +197,10 @@ def normalise_pairs(raw_pairs: dict[str, Callable[[], pd.DataFrame]], params: di
     settings = NormaliseSettings.from_params(params)
     order = sorted(raw_pairs)
     ledger = _UidLedger(order, raw_pairs)
+    engine = engine_for(params, "ingest")
+    if not isinstance(engine, LocalEngine):
+        # Decode / resize / re-encode on the workers; the uid ledger stays in the driver, in save order.
+        return _normalise_with_engine(raw_pairs, order, settings, ledger, engine)
     progress = tqdm(total=len(order), desc="ingest: normalise", unit="shard", delay=1.0)
     return {
         partition: partial(_normalise_partition, partition, raw_pairs[partition], settings, ledger, progress)

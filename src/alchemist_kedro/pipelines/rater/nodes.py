@@ -9,7 +9,10 @@ import torch
 
 from alchemist_kedro.models.proxy import ProxyConfig
 from alchemist_kedro.models.rater import RaterConfig, rater_to_artifact
+from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.tables import (
+    FEATURE_COLUMNS,
+    bounded_rows,
     decode_pngs,
     feature_matrix,
     history_table,
@@ -29,13 +32,28 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
     """Join pool/val samples with their features by uid. What the proxy trains on: the PNG decoded to float
     (3, R, R) in [-1, 1] (proxy.space = pixels), or the cached image embedding (proxy.space = embedding: no decode).
 
-    The `defect` column is never read: it is evaluation-only. Samples without features are left out and counted.
+    `pool_sample` (null = the whole pool) bounds the pool: a fixed uniform sample of that many rows (tables.sample_key
+    with the training seed), drawn while the shards stream past, so memory holds one shard plus the sample whatever
+    the corpus size. Scoring (select) still covers every row. The `defect` column is never read: it is
+    evaluation-only. Samples without features are left out and counted.
     """
     resolution = int(params["proxy"]["resolution"])
     embedding_space = params["proxy"]["space"] == "embedding"
-    table = pd.concat([load() for _, load in sorted(samples.items())], ignore_index=True)[["uid", "image", "split"]]
-    table = table[table["split"].isin(TRAINING_SPLITS)]
-    joined, missing = join_samples_features(table, features, ["uid", "image", "split"])
+    pool_sample = params.get("pool_sample")
+    if pool_sample is not None and int(pool_sample) < 2:
+        raise ValueError(f"rater.pool_sample must be null (the whole pool) or >= 2, got {pool_sample!r}")
+    sample_columns = ["uid", "split"] if embedding_space else ["uid", "image", "split"]
+    table, n_pool = bounded_rows(samples, sample_columns, keep=lambda f: f["split"].isin(TRAINING_SPLITS),
+                                 sample=lambda f: f["split"] == "pool",
+                                 limit=None if pool_sample is None else int(pool_sample),
+                                 seed=int(params["training"]["seed"]))
+    if pool_sample is not None and n_pool > int(pool_sample):
+        logger.info("rater: training on a uniform sample of %d of the %d pool rows (rater.pool_sample)",
+                    int(pool_sample), n_pool)
+    uids = set(table["uid"])
+    feature_columns = ["uid", "image_emb", "text_emb"] if embedding_space else FEATURE_COLUMNS
+    feats, _ = bounded_rows(features, feature_columns, keep=lambda f: f["uid"].isin(uids))
+    joined, missing = join_samples_features(table, feats, sample_columns, feature_columns)
     splits = {}
     for split in TRAINING_SPLITS:
         part = joined[joined["split"] == split]
@@ -73,7 +91,8 @@ def train_rater(inputs: RaterData, alignment_model: dict, params: dict):
                                **params["model"])
     config = BilevelConfig(**params["training"])
     result = train_rater_bilevel(inputs, proxy_config, rater_config, config, checkpoint_dir=params["checkpoint_dir"],
-                                 alignment_state=alignment_model["state_dict"] if use_alignment else None)
+                                 alignment_state=alignment_model["state_dict"] if use_alignment else None,
+                                 device=resolve_device(params.get("device"), stage="rater"))
     final_step = config.warmup_steps + config.meta_steps
     for name, model in (("theta", result.theta), ("theta_hat", result.theta_hat)):
         val = inputs.val

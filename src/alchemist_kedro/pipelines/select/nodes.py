@@ -28,7 +28,7 @@ from alchemist_kedro.selection.datacomp import datacomp_subset_array, non_dataco
 from alchemist_kedro.selection.dedup import dedup, pair_features
 from alchemist_kedro.selection.manifest import select_from_scores, strategy_params
 from alchemist_kedro.selection.shards import img2dataset_tar
-from alchemist_kedro.shard_engine import DIGEST_COLUMN, LocalEngine, Part, row_keys, source_digests
+from alchemist_kedro.shard_engine import DIGEST_COLUMN, engine_for, Part, row_keys, source_digests
 from alchemist_kedro.tables import concat_partitions, feature_matrix, load_partition, vector_column
 
 logger = logging.getLogger(__name__)
@@ -80,11 +80,12 @@ def score_shards_with_rater(
     A shard already scored by the same rater version (a hash of its weights and config) over the same rows (uid and
     content digest) is skipped: re-running after a crash, or after adding shards, scores only what is new. Memory holds one shard.
     """
-    scorer = get_scorer("rater", artifact=rater_model, batch_size=int(params["batch_size"]))
+    scorer = get_scorer("rater", artifact=rater_model, batch_size=int(params["batch_size"]),
+                        device=params.get("device", "cpu"))
     group_batch_size = int(params["group_batch_size"])
     # IncrementalDataset (what the catalog uses, for the empty first run) hands frames, not loaders: the engine reads
     # both. A shard's features are read for their uids only when its stored version matches.
-    engine = LocalEngine()
+    engine = engine_for(params, "select.rater_scoring")
     plan = engine.plan(
         features, existing_scores, {"rater": Part("scorer_version", scorer.version, ())},
         lambda shard: row_keys(load_partition(features[shard])), ordered_uids=False,
