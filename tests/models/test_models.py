@@ -14,7 +14,7 @@ from alchemist_kedro.models.proxy import (
     stable_seed,
     training_loss,
 )
-from alchemist_kedro.models.rater import Rater, RaterConfig, score_with_rater
+from alchemist_kedro.models.rater import Rater, RaterConfig, rater_from_artifact, rater_to_artifact, score_with_rater
 from tests.training.synthetic import make_data, tiny_proxy_config
 
 torch.set_num_threads(1)
@@ -155,3 +155,45 @@ def test_scores_are_batch_independent():
     chunked = score_with_rater(rater, f.numpy(), batch_size=7)
     np.testing.assert_allclose(full, chunked, rtol=1e-6)
     np.testing.assert_allclose(score_with_rater(rater, f[:3].numpy()), full[:3], rtol=1e-6)
+
+
+def _reference_rater(k=1, max_rows=64):
+    return Rater(RaterConfig(**base_params(
+        "rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=False, interaction_rank=0,
+        reference_inputs=True, reference_k=k, reference_max_rows=max_rows, text_dim=4, feature_dim=10, hidden_dim=8,
+        group_hidden_dim=4, use_group=True)))
+
+
+def test_reference_inputs_measure_caption_typicality_and_agreement_with_the_val_pairs():
+    rng = np.random.default_rng(0)
+    val = torch.tensor(rng.normal(size=(8, 10)), dtype=torch.float32)
+    val[:, 6] += 4.0  # the val captions share a direction, as clean captions of one kind of data do
+    rater = _reference_rater(k=1)
+    rater.attach_reference(val)
+    assert int(rater.reference_rows) == 8
+    # A pair that is a val pair (up to scale): its caption is typical (cos 1 to the nearest val caption) and agrees
+    # with the caption of its nearest val image (itself).
+    same = val[:3] * 2.0
+    np.testing.assert_allclose(rater.reference_values(same[:, :6], same[:, 6:]).numpy(), 1.0, atol=1e-6)
+    # The same image with another val image's caption: still a typical caption, but not this image's.
+    swapped = torch.cat([val[:3, :6], val[[5, 6, 7], 6:]], dim=1)
+    values = rater.reference_values(swapped[:, :6], swapped[:, 6:]).numpy()
+    np.testing.assert_allclose(values[:, 0], 1.0, atol=1e-6)
+    assert (values[:, 1] < 0.999).all()
+    # A caption pointing away from every val caption is atypical.
+    odd = torch.cat([val[:1, :6], torch.tensor([[-1.0, 0.0, 0.0, 0.0]])], dim=1)
+    assert float(rater.reference_values(odd[:, :6], odd[:, 6:])[0, 0]) < 0.5
+    # The inputs are exactly these two values (embedding_inputs=false), and they travel with the weights.
+    assert rater.inputs(same).shape == (3, 2)
+    loaded = rater_from_artifact(rater_to_artifact(rater))
+    np.testing.assert_allclose(loaded.inputs(swapped).numpy(), rater.inputs(swapped).numpy())
+
+
+def test_reference_inputs_keep_at_most_max_rows_and_refuse_an_empty_reference():
+    rater = _reference_rater(k=2, max_rows=5)
+    with pytest.raises(ValueError, match="attach_reference"):
+        rater.reference_values(torch.zeros(1, 6), torch.ones(1, 4))
+    rater.attach_reference(torch.randn(20, 10))
+    assert int(rater.reference_rows) == 5 and rater.reference_text.shape == (5, 4)
+    with pytest.raises(ValueError, match="at least reference_k"):
+        _reference_rater(k=3).attach_reference(torch.randn(2, 10))

@@ -37,6 +37,15 @@ class RaterConfig:
     # dimensions in, the rater fits the meta-gradient's noise along them and ranks wrong captions at ROC-AUC 0.63
     # although the prior's caption gain, one of its inputs, ranks them at 0.90; with the derived inputs alone, 0.81.
     embedding_inputs: bool
+    # True: two more inputs that compare the pair with the clean val pairs (frozen copies of at most
+    # reference_max_rows of their embeddings, stored with the weights): the caption's typicality, the mean cosine of
+    # its text_emb to its reference_k nearest val captions (gibberish, file names, boilerplate and keyword lists sit
+    # far from any caption the user wants), and the caption's agreement with what the val set says of such images,
+    # its mean cosine to the captions of the reference_k val images nearest to this image. What "clean" looks like
+    # comes from the val split the user chose, not from a list of defect kinds; the meta-gradient decides the weight.
+    reference_inputs: bool
+    reference_k: int
+    reference_max_rows: int
     alignment_config: dict | None = None  # the projection's AlignmentConfig (from its artifact, not from conf)
     proxy_config: dict | None = None  # the proxy's ProxyConfig (from training, not from conf)
 
@@ -66,7 +75,16 @@ class Rater(nn.Module):
             self.register_buffer("proxy_timesteps", stratified_timesteps(k, proxy_config.num_train_timesteps))
             # Fixed noise, one draw per timestep shared by every sample: common random numbers across the corpus.
             self.register_buffer("proxy_noise", torch.randn((k, image_dim), generator=torch.Generator().manual_seed(0)))
-        derived = (1 if self.alignment is not None else 0) + (2 if self.proxy is not None else 0)
+        if config.reference_inputs:
+            if config.text_dim < 1:
+                raise ValueError("rater.model.reference_inputs compares text_emb with the val captions: text_dim must be > 0")
+            image_dim = config.feature_dim - config.text_dim
+            rows = int(config.reference_max_rows)
+            self.register_buffer("reference_image", torch.zeros(rows, image_dim))
+            self.register_buffer("reference_text", torch.zeros(rows, config.text_dim))
+            self.register_buffer("reference_rows", torch.zeros((), dtype=torch.int64))
+        derived = ((1 if self.alignment is not None else 0) + (2 if self.proxy is not None else 0)
+                   + (2 if config.reference_inputs else 0))
         if not config.embedding_inputs and (derived == 0 or config.interaction_rank > 0):
             raise ValueError("embedding_inputs=false leaves the rater only its derived inputs: it needs "
                              "alignment_feature or proxy_features, and interaction_rank 0 (the interaction reads the "
@@ -119,9 +137,45 @@ class Rater(nn.Module):
         null = proxy.loss_at(x0k, t, noise, torch.zeros_like(tokens), torch.zeros_like(ones))
         return torch.stack([own, null.view(n, k).mean(1) - own], dim=-1)
 
+    @torch.no_grad()
+    def attach_reference(self, val_features: torch.Tensor, seed: int = 0) -> None:
+        """Store (a seeded sample of at most reference_max_rows of) the val pairs' L2-normalised embeddings."""
+        if not self.config.reference_inputs:
+            raise ValueError("this rater was built without reference_inputs")
+        if len(val_features) < self.config.reference_k:
+            raise ValueError(f"reference_inputs needs at least reference_k={self.config.reference_k} val pairs, "
+                             f"got {len(val_features)}")
+        rows = min(len(val_features), int(self.config.reference_max_rows))
+        pick = torch.randperm(len(val_features), generator=torch.Generator().manual_seed(seed))[:rows].sort().values
+        split = self.config.feature_dim - self.config.text_dim
+        chosen = val_features[pick.to(val_features.device)].float()
+        self.reference_image.zero_(), self.reference_text.zero_()
+        self.reference_image[:rows] = nn.functional.normalize(chosen[:, :split], dim=1)
+        self.reference_text[:rows] = nn.functional.normalize(chosen[:, split:], dim=1)
+        self.reference_rows.fill_(rows)
+
+    @torch.no_grad()
+    def reference_values(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(N, 2): caption typicality and caption agreement with the val captions of the nearest val images."""
+        rows, k = int(self.reference_rows), int(self.config.reference_k)
+        if rows < k:
+            raise ValueError("the rater's reference set is empty: attach_reference(val features) before use")
+        ref_image, ref_text = self.reference_image[:rows], self.reference_text[:rows]
+        text = nn.functional.normalize(text.float(), dim=1)
+        image = nn.functional.normalize(image.float(), dim=1)
+        out = []
+        for start in range(0, len(text), 4096):  # bounded (chunk × rows) similarity matrices
+            t, i = text[start:start + 4096], image[start:start + 4096]
+            text_sim = t @ ref_text.T
+            typicality = text_sim.topk(k, dim=1).values.mean(1)
+            nearest = (i @ ref_image.T).topk(k, dim=1).indices
+            agreement = text_sim.gather(1, nearest).mean(1)
+            out.append(torch.stack([typicality, agreement], dim=-1))
+        return torch.cat(out) if out else torch.zeros((0, 2), device=text.device)
+
     def inputs(self, features: torch.Tensor) -> torch.Tensor:
         """image_emb ⊕ text_emb, plus the alignment cosine and the proxy's two values when the rater has them."""
-        if self.alignment is None and self.proxy is None:
+        if self.alignment is None and self.proxy is None and not self.config.reference_inputs:
             return features
         split = self.config.feature_dim - self.config.text_dim
         parts = [features] if self.config.embedding_inputs else []
@@ -130,6 +184,8 @@ class Rater(nn.Module):
                 parts.append(self.alignment.eval()(features[..., :split], features[..., split:]).unsqueeze(-1))
             if self.proxy is not None:
                 parts.append(self.proxy_inputs(features[..., :split], features[..., split:]).to(features.dtype))
+            if self.config.reference_inputs:
+                parts.append(self.reference_values(features[..., :split], features[..., split:]).to(features.dtype))
         return torch.cat(parts, dim=-1)
 
     @torch.no_grad()
@@ -191,7 +247,8 @@ def rater_from_artifact(artifact: dict) -> Rater:
     # Artifacts written before these options existed: no interaction term (text_dim is then unused), no derived
     # inputs, the embeddings in.
     config = {"text_dim": 0, "interaction_rank": 0, "alignment_feature": False, "proxy_features": False,
-              "proxy_feature_timesteps": 4, "embedding_inputs": True, **artifact["config"]}
+              "proxy_feature_timesteps": 4, "embedding_inputs": True, "reference_inputs": False, "reference_k": 10,
+              "reference_max_rows": 4096, **artifact["config"]}
     rater = Rater(RaterConfig(**config))
     rater.load_state_dict(artifact["state_dict"])
     rater.eval()

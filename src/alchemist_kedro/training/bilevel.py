@@ -132,6 +132,7 @@ class RaterData:
     pool_features: torch.Tensor  # (N_pool, F) image_emb ⊕ text_emb
     text_dim: int = 0  # how many of the F features are text_emb (the last ones)
     missing_features: int = 0  # samples left out for want of features (reported, not an error)
+    val_features: torch.Tensor | None = None  # (N_val, F): the rater's reference pairs (reference_inputs)
 
     @classmethod
     def from_mapping(cls, data) -> "RaterData":
@@ -143,7 +144,8 @@ class RaterData:
 
     def to(self, device) -> "RaterData":
         return RaterData(self.pool.to(device), self.val.to(device), self.pool_features.to(device), self.text_dim,
-                         self.missing_features)
+                         self.missing_features,
+                         None if self.val_features is None else self.val_features.to(device))
 
 
 @dataclass
@@ -215,6 +217,10 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
         if alignment_state is None:
             raise ValueError("the rater's alignment feature needs the fitted alignment model's weights")
         rater.alignment.load_state_dict(alignment_state)
+    if rater_config.reference_inputs:
+        if data.val_features is None:
+            raise ValueError("rater.model.reference_inputs needs the val pairs' features (RaterData.val_features)")
+        rater.attach_reference(data.val_features, seed=config.seed)
     rater.set_standardisation(data.pool_features)
     theta_hat.to(device), rater.to(device)  # before the optimisers take their parameters
     if getattr(theta_hat, "vae", None) is not None:  # held outside the module tree (frozen, not trained)

@@ -72,7 +72,8 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
         splits[split] = (Split(images, tokens, mask, part["uid"].tolist()), part)
     pool, pool_frame = splits["pool"]
     return RaterData(pool, splits["val"][0], torch.tensor(feature_matrix(pool_frame)),
-                     text_dim=len(pool_frame["text_emb"].iloc[0]), missing_features=missing)
+                     text_dim=len(pool_frame["text_emb"].iloc[0]), missing_features=missing,
+                     val_features=torch.tensor(feature_matrix(splits["val"][1])))
 
 
 def train_rater(inputs: RaterData, alignment_model: dict, params: dict):
