@@ -110,7 +110,7 @@ def attributor_loss(model: AttributorMLP, query_image, query_text, train_image, 
 
 def train_attributor(query_image: np.ndarray, query_text: np.ndarray, train_image: np.ndarray,
                      train_text: np.ndarray, influence: np.ndarray, hidden_sizes: Sequence[int], out_dim: int,
-                     input_norm: bool, dropout: float, training: AttributorTraining
+                     input_norm: bool, dropout: float, training: AttributorTraining, residual: bool = False
                      ) -> tuple[AttributorMLP, list[float]]:
     """Fit the MLP so cosine in its output space orders training pairs like `influence` (Q train queries × N).
     → (model in eval mode, loss per epoch)."""
@@ -119,7 +119,7 @@ def train_attributor(query_image: np.ndarray, query_text: np.ndarray, train_imag
     torch.manual_seed(training.seed)
     config = AttributorConfig(image_dim=train_image.shape[1], text_dim=train_text.shape[1],
                               hidden_sizes=tuple(hidden_sizes), out_dim=int(out_dim), input_norm=bool(input_norm),
-                              dropout=float(dropout))
+                              dropout=float(dropout), residual=bool(residual))
     model = AttributorMLP(config)
     tensors = [torch.as_tensor(a, dtype=torch.float32) for a in (query_image, query_text, train_image, train_text)]
     gt_ranks = ranks_of(influence)
@@ -131,7 +131,7 @@ def train_attributor(query_image: np.ndarray, query_text: np.ndarray, train_imag
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        history.append(float(loss))
+        history.append(loss.item())
     return model.eval(), history
 
 

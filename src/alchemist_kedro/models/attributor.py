@@ -23,9 +23,16 @@ class AttributorConfig:
     out_dim: int = 768
     input_norm: bool = True  # LayerNorm on the input, as the seed's --input_norm
     dropout: float = 0.1
+    # Residual: output = unit(g_image · image ⊕ g_text · text + MLP(input)), the MLP's last layer starting at zero and
+    # the two gains at 1, so training starts at the concatenated-feature cosine and learns corrections to it (and how
+    # much each side counts): a prior for the few queries a CPU run can afford. The output then has the input's
+    # width and out_dim is unused.
+    residual: bool = False
 
     def __post_init__(self):
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        if self.residual:
+            self.out_dim = self.image_dim + self.text_dim
         if self.image_dim < 1 or self.text_dim < 1 or self.out_dim < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"bad attributor config {self}")
 
@@ -47,10 +54,19 @@ class AttributorMLP(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, config.out_dim))
         self.net = nn.Sequential(*layers)
+        if config.residual:
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
+            self.side_gains = nn.Parameter(torch.ones(2))
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(N, image_dim), (N, text_dim) → (N, out_dim), unit norm."""
-        return F.normalize(self.net(pair_features(image, text)), dim=-1)
+        x = pair_features(image, text)
+        out = self.net(x)
+        if self.config.residual:
+            gains = torch.repeat_interleave(self.side_gains, torch.tensor([self.config.image_dim, self.config.text_dim]))
+            out = out + gains * x
+        return F.normalize(out, dim=-1)
 
 
 def attributor_to_artifact(model: AttributorMLP) -> dict:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from alchemist_kedro.attribution.counterfactual import counterfactual_table
+from alchemist_kedro.attribution.counterfactual import COUNTERFACTUAL_COLUMNS, counterfactual_table
 from alchemist_kedro.attribution.ranking import (
     BASELINES,
     AttributorTraining,
@@ -181,7 +181,7 @@ def train_distilled_attributor(inputs: dict, queries: dict, ground_truth: pd.Dat
     model, history = train_attributor(queries["image_emb"][rows], queries["text_emb"][rows],
                                       queries["train_image_emb"], inputs["train"]["text_emb"], influence,
                                       conf["hidden_sizes"], conf["out_dim"], conf["input_norm"], conf["dropout"],
-                                      AttributorTraining(**conf["training"]))
+                                      AttributorTraining(**conf["training"]), residual=bool(conf["residual"]))
     seconds = time.perf_counter() - began
     logger.info("attribute: attributor trained on %d queries in %.1f s, ranking loss %.4f → %.4f", len(rows), seconds,
                 history[0], history[-1])
@@ -242,30 +242,31 @@ def evaluate_attribution(inputs: dict, queries: dict, ground_truth: pd.DataFrame
 def counterfactual_check(t2i_model: dict | None, inputs: dict, queries: dict, ground_truth: pd.DataFrame,
                          rankings: pd.DataFrame, params: dict, training_params: dict) -> tuple[pd.DataFrame, dict]:
     """Retrain (train_t2i's training settings, a short `epochs`) without the top-k pairs of `counterfactual.queries`
-    held-out queries, and without k random ones. → (table, MLflow metrics)."""
+    held-out queries by each of `counterfactual.attributions`, and without k random ones. → (table, MLflow metrics)."""
     conf = params["counterfactual"]
     count = int(conf["queries"])
     if count <= 0:
-        return pd.DataFrame(columns=["query_id", "removal", "k", "query_loss", "loss_rise", "relative_rise",
-                                     "train_pairs", "train_seconds"]), {}
+        return pd.DataFrame(columns=COUNTERFACTUAL_COLUMNS), {}
     torch.set_num_threads(int(params["threads"]))
     model = _model(t2i_model)
     held = _split_rows(queries, "held_out")[:count]
-    source = {"distilled": rankings, "ground_truth": ground_truth}.get(conf["attribution"])
-    if source is None:
-        raise ValueError(f"attribute: counterfactual.attribution must be distilled or ground_truth, "
-                         f"got {conf['attribution']!r}")
+    sources = {"distilled": rankings, "ground_truth": ground_truth}
+    unknown = set(conf["attributions"]) - set(sources)
+    if unknown or not conf["attributions"]:
+        raise ValueError(f"attribute: counterfactual.attributions must list distilled and/or ground_truth, "
+                         f"got {conf['attributions']!r}")
     position = {uid: i for i, uid in enumerate(inputs["train"]["uids"])}
-    top = {}
-    for q in held:
-        ranked = source[source["query_id"] == queries["ids"][q]].sort_values("rank")
-        top[int(q)] = ranked["train_uid"].map(position).to_numpy()
+    ranked = {}
+    for method in conf["attributions"]:
+        table = sources[method]
+        ranked[method] = {int(q): table[table["query_id"] == queries["ids"][q]].sort_values("rank")["train_uid"]
+                          .map(position).to_numpy() for q in held}
     training = T2ITrainingConfig(**{**training_params, "epochs": float(conf["epochs"])})
     query_data = {"ids": queries["ids"], "images": queries["generated"], "tokens": queries["tokens"],
                   "mask": queries["mask"]}
-    table = counterfactual_table(inputs["train"], query_data, top, model.config, training, int(conf["k"]),
-                                 int(params["unlearning"].get("query_timesteps", UnlearningConfig.query_timesteps)),
-                                 int(params["unlearning"].get("noise_seed", 0)), int(conf["seed"]))
+    unlearning = UnlearningConfig(**params["unlearning"])
+    table = counterfactual_table(inputs["train"], query_data, ranked, model.config, training, int(conf["k"]),
+                                 unlearning.query_timesteps, unlearning.noise_seed, int(conf["seed"]))
     means = table[table["removal"] != "none"].groupby("removal")[["loss_rise", "relative_rise"]].mean()
     logger.info("attribute: counterfactual (retrain %.2f epochs without k = %d pairs):\n%s", training.epochs,
                 int(conf["k"]), table.to_string(index=False, float_format="%.5f"))
