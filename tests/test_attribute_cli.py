@@ -37,6 +37,7 @@ def run(tmp_path_factory):
     folder.mkdir(parents=True)
     manifest.to_parquet(folder / "selection_manifest.parquet", index=False)
     local = {"attribute": {
+        "threads": 1, "image_encoder": {"threads": 1},
         "queries": {"count": QUERIES, "held_out": HELD_OUT},
         "unlearning": {"fisher_samples": 8, "query_timesteps": 2},
         "attributor": {"hidden_sizes": [16], "out_dim": 8, "training": {"epochs": 5}},
