@@ -106,3 +106,25 @@ def test_the_run_logs_metrics_and_artifacts_to_mlflow(run):
     assert {"attribute/ground_truth.parquet", "attribute/map_table.parquet", "attribute/sheets.png",
             "attribute/attributor.safetensors", "attribute/counterfactual.parquet",
             "attribute/report.json"} <= artifacts
+
+
+def test_bad_settings_and_a_missing_model_stop_with_what_to_do(run):
+    from alchemist_kedro.pipelines.attribute import nodes
+
+    path = run["path"]
+    samples = {p.stem: (lambda p=p: pd.read_parquet(p)) for p in (path / "data/03_primary/samples").glob("*")}
+    features = {p.stem: (lambda p=p: pd.read_parquet(p)) for p in (path / "data/04_feature/features").glob("*")}
+    manifest = pd.DataFrame({"uid": sorted(run["selected"]), "selected": True})
+    artifact = TorchSafetensorsDataset(filepath=str(path / "data/06_models/t2i.safetensors")).load()
+    params = base_params("attribute", queries={"count": QUERIES, "held_out": HELD_OUT})
+    with pytest.raises(ValueError, match="train_t2i"):
+        nodes.build_attribution_inputs(manifest, samples, features, None, params)
+    with pytest.raises(ValueError, match="held_out"):
+        nodes.build_attribution_inputs(manifest, samples, features, artifact,
+                                       base_params("attribute", queries={"count": QUERIES, "held_out": QUERIES}))
+    with pytest.raises(ValueError, match="test split has"):
+        nodes.build_attribution_inputs(manifest, samples, features, artifact,
+                                       base_params("attribute", queries={"count": 500, "held_out": 2}))
+    inputs = nodes.build_attribution_inputs(manifest, samples, features, artifact, params)
+    assert inputs["train"]["uids"] == sorted(run["selected"])
+    assert sorted(inputs["queries"]["split"]) == ["held_out"] * HELD_OUT + ["train"] * (QUERIES - HELD_OUT)

@@ -59,7 +59,9 @@ def build_attribution_inputs(selection_manifest: pd.DataFrame, samples: dict, fe
                              t2i_model: dict | None, params: dict) -> dict:
     """The training pairs (selected uids, images at the model's resolution, token states, cached embeddings) and the
     query captions. The `defect` column is never read."""
-    resolution = int(_model(t2i_model).config.resolution)
+    if t2i_model is None:
+        _model(t2i_model)  # its error says what to run
+    resolution = int(t2i_model["config"]["resolution"])
     selected = selection_manifest.loc[selection_manifest["selected"].astype(bool), "uid"].astype(str).tolist()
     train = join_split(samples, features, resolution, uids=selected)
     if train["missing_features"]:
