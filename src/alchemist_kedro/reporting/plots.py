@@ -223,3 +223,40 @@ def separation_figure(fit: pd.DataFrame, title: str = ""):
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     return figure
+
+
+def attribution_sheet(sheets: list[dict], thumb_inches: float = 1.1, caption_chars: int = 40) -> plt.Figure:
+    """Per query two rows: its generated image, then its top-k training pairs by the ground truth (unlearning) and by
+    the distilled attributor, each thumbnail with its caption and ground-truth influence.
+
+    `sheets`: [{caption, image (uint8 HxWx3), rows: [(label, [uint8 images], [captions], [influences])]}].
+    """
+    columns = 1 + max((len(images) for sheet in sheets for _, images, _, _ in sheet["rows"]), default=1)
+    n_rows = sum(len(sheet["rows"]) for sheet in sheets) or 1
+    fig, axes = plt.subplots(n_rows, columns, figsize=(columns * thumb_inches, n_rows * (thumb_inches + 0.75)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    r = 0
+    for sheet in sheets:
+        for j, (label, images, captions, influences) in enumerate(sheet["rows"]):
+            if j == 0:
+                ax = axes[r, 0]
+                ax.axis("on")
+                ax.imshow(sheet["image"], interpolation="nearest")
+                ax.set_xlabel("\n".join(textwrap.wrap(textwrap.shorten(sheet["caption"], caption_chars,
+                                                                         placeholder="…"), 18)[:3]), fontsize=6)
+                ax.set_title("query", fontsize=7)
+            for c, (image, caption, influence) in enumerate(zip(images, captions, influences), start=1):
+                ax = axes[r, c]
+                ax.axis("on")
+                ax.imshow(image, interpolation="nearest")
+                text = textwrap.shorten(str(caption), caption_chars, placeholder="…")
+                ax.set_xlabel(f"Δloss {influence:.4f}\n" + "\n".join(textwrap.wrap(text, 18)[:2]), fontsize=5.5)
+            axes[r, 1].set_title(label, loc="left", fontsize=7)
+            r += 1
+    fig.suptitle("Attribution: top training pairs per generated query (Δloss = ground-truth influence)", fontsize=8)
+    fig.tight_layout()
+    return fig
