@@ -31,6 +31,31 @@ class RaterScorer(ArtifactScorer):
         self.check_batch(batch)
         return score_with_rater(self.model, batch.features, batch_size=self.batch_size)
 
+    def score_with_batch_weights(self, features: np.ndarray, group_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(instance logits, W_b per row) with the rater's inputs computed once per row: the derived inputs (the
+        prior's passes) are most of a rater's cost, and `batch_weights` alone would compute them a second time.
+        The logits are `score_batch`'s bit for bit (same chunks, same operations)."""
+        import torch
+
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        raw = np.zeros(len(x), dtype=np.float64)
+        weights = np.ones(len(x), dtype=np.float64)
+        if not len(x):
+            return raw, weights
+        prepared = []
+        self.model.eval()
+        with torch.no_grad():
+            for start in range(0, len(x), self.batch_size):
+                part = self.model.inputs(x[start : start + self.batch_size].to(self.device))
+                raw[start : start + len(part)] = self.model.instance_logits(part, prepared=True).double().cpu().numpy()
+                prepared.append(part)
+            prepared = torch.cat(prepared)
+            for start in range(0, len(prepared), group_batch_size):
+                chunk = prepared[start : start + group_batch_size]
+                if len(chunk) > 1:
+                    weights[start : start + len(chunk)] = float(self.model(chunk, prepared=True)[2])
+        return raw, weights
+
     def batch_weights(self, features: np.ndarray, batch_size: int) -> np.ndarray:
         """The Group MLP's W_b of consecutive batches of `batch_size` rows, one value per row (informative only:
         it depends on which rows share a batch, so it is recorded, never ranked on)."""

@@ -59,12 +59,13 @@ def _score_shard(load_features: Callable[[], pd.DataFrame], scorer, group_batch_
     frame = load_features()
     features = feature_matrix(frame)
     uids = frame["uid"].astype(str).tolist()
-    raw = scorer.score_batch(ScoreBatch(uids=uids, features=features)) if len(uids) else np.zeros(0)
+    scorer.check_batch(ScoreBatch(uids=uids, features=features))
+    raw, weights = scorer.score_with_batch_weights(features, group_batch_size) if len(uids) else (np.zeros(0),) * 2
     return pd.DataFrame(
         {
             "uid": uids,
             "raw_score": np.asarray(raw, dtype=np.float64),
-            "batch_weight": scorer.batch_weights(features, group_batch_size) if len(uids) else np.zeros(0),
+            "batch_weight": weights,
             "scorer_version": scorer.version,
             DIGEST_COLUMN: source_digests(frame),
         }
