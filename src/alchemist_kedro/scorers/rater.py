@@ -32,9 +32,10 @@ class RaterScorer(ArtifactScorer):
         return score_with_rater(self.model, batch.features, batch_size=self.batch_size)
 
     def score_with_batch_weights(self, features: np.ndarray, group_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(instance logits, W_b per row) with the rater's inputs computed once per row: the derived inputs (the
-        prior's passes) are most of a rater's cost, and `batch_weights` alone would compute them a second time.
-        The logits are `score_batch`'s bit for bit (same chunks, same operations)."""
+        """(instance logits, the Group MLP's W_b of consecutive batches of `group_batch_size` rows, one value per row)
+        with the rater's inputs computed once per row: the derived inputs (the prior's passes) are most of a rater's
+        cost. W_b is informative only (it depends on which rows share a batch: recorded, never ranked on); the
+        logits are `score_batch`'s bit for bit (same chunks, same operations)."""
         import torch
 
         x = torch.as_tensor(np.asarray(features, dtype=np.float32))
@@ -55,17 +56,3 @@ class RaterScorer(ArtifactScorer):
                 if len(chunk) > 1:
                     weights[start : start + len(chunk)] = float(self.model(chunk, prepared=True)[2])
         return raw, weights
-
-    def batch_weights(self, features: np.ndarray, batch_size: int) -> np.ndarray:
-        """The Group MLP's W_b of consecutive batches of `batch_size` rows, one value per row (informative only:
-        it depends on which rows share a batch, so it is recorded, never ranked on)."""
-        import torch
-
-        out = np.ones(len(features), dtype=np.float64)
-        with torch.no_grad():
-            for start in range(0, len(features), batch_size):
-                chunk = torch.as_tensor(np.asarray(features[start : start + batch_size], dtype=np.float32))
-                chunk = chunk.to(self.device)
-                if len(chunk) > 1:
-                    out[start : start + len(chunk)] = float(self.model(chunk)[2])
-        return out
