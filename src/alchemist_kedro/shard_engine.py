@@ -217,19 +217,18 @@ class RayEngine(ShardEngine):
         refs: dict[str, Any] = {}
         submitted = 0
 
-        def top_up() -> None:
+        def submit_until(done: Callable[[], bool]) -> None:
             nonlocal submitted
-            while submitted < len(tasks) and len(refs) < window:
-                task = tasks[submitted]
-                refs[task.shard] = remote.remote(key, compute_ref, task)
+            while submitted < len(tasks) and not done():
+                refs[tasks[submitted].shard] = remote.remote(key, compute_ref, tasks[submitted])
                 submitted += 1
+
+        def top_up() -> None:
+            submit_until(lambda: len(refs) >= window)
 
         def bind(position: int, shard: str) -> Partition:
             def fetch() -> pd.DataFrame:
-                nonlocal submitted
-                while submitted <= position:  # the dataset asked out of order: submit up to this one
-                    refs[tasks[submitted].shard] = remote.remote(key, compute_ref, tasks[submitted])
-                    submitted += 1
+                submit_until(lambda: submitted > position)  # asked out of order: submit up to this one
                 frame = ray.get(refs.pop(shard))
                 top_up()
                 return frame
