@@ -6,7 +6,14 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from alchemist_kedro.models.rater import Rater, RaterConfig, rater_from_artifact, rater_to_artifact, score_with_rater
+from alchemist_kedro.models.rater import (
+    Rater,
+    RaterConfig,
+    fold_of,
+    rater_from_artifact,
+    rater_to_artifact,
+    score_with_rater,
+)
 from alchemist_kedro.training.bilevel import BilevelConfig, train_rater_bilevel
 from tests.conf_values import base_params
 from tests.training.synthetic import make_data, tiny_proxy_config
@@ -152,7 +159,7 @@ def test_default_rater_on_the_prior_s_inputs_ranks_wrong_captions_below_clean_an
 
     def input_auc(rater, kind, column, sign):
         rows = clean | np.array([d == kind for d in defects])
-        values = rater.proxy_inputs(data["pool_features"][:, :image_dim], data["pool_features"][:, image_dim:])
+        values = rater.inputs(data["pool_features"])  # (N, 2): the prior's loss and caption gain
         return roc_auc_score(clean[rows], sign * values[:, column].numpy()[rows])
 
     # The inputs: the warm-up prior's caption gain sees the wrong captions, its loss the noise images.
@@ -189,3 +196,82 @@ def test_a_rater_artifact_written_before_the_derived_inputs_still_loads():
     features = np.random.default_rng(0).normal(size=(5, 10)).astype(np.float32)
     np.testing.assert_array_equal(score_with_rater(rater_from_artifact(artifact), features),
                                   score_with_rater(rater, features))
+
+
+def test_fold_of_is_a_function_of_the_row_alone_and_splits_the_pool_evenly():
+    features = torch.from_numpy(np.random.default_rng(0).normal(size=(2000, 24)).astype(np.float32))
+    folds = fold_of(features, 2)
+    assert 0.45 < float(folds.float().mean()) < 0.55
+    # The same row gets the same fold in any batch, alone or with others (training vs select's scoring batches).
+    assert all(int(fold_of(features[i : i + 1], 2)[0]) == int(folds[i]) for i in range(0, 2000, 97))
+    torch.testing.assert_close(fold_of(features.flip(0), 2), folds.flip(0))
+    three = fold_of(features, 3)
+    assert set(three.tolist()) == {0, 1, 2}
+
+
+def _random_pairs(n_pool=96, n_val=32, image_dim=16, text_dim=8, seed=0):
+    """Pairs whose caption says nothing about the image: any caption gain on a row is memorisation of that row."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for split, n in (("pool", n_pool), ("val", n_val)):
+        image = torch.from_numpy(rng.normal(size=(n, image_dim)).astype(np.float32))
+        text = torch.from_numpy(rng.normal(size=(n, text_dim)).astype(np.float32))
+        data |= {f"{split}_images": image, f"{split}_tokens": text[:, None, :], f"{split}_mask": torch.ones(n, 1, dtype=torch.int64),
+                 f"{split}_uids": [f"{split}{i}" for i in range(n)], f"{split}_features": torch.cat([image, text], 1)}
+    return data
+
+
+def test_cross_fitted_proxy_inputs_read_each_row_with_a_prior_that_never_trained_on_it():
+    """rater.model.proxy_folds: with one prior warmed up on the whole pool, a caption unrelated to its image still
+    'explains' it (the prior memorised the row: caption gain > 0 on the pool, ~0 on unseen val rows). Cross-fitted,
+    each pool row is read by the prior of the other fold, which never saw it: its gain is that of an unseen row."""
+    data = _random_pairs()
+    proxy = tiny_proxy_config(space="embedding", prior_hidden_dim=128, prior_blocks=2, caption_dropout=0.3)
+    gains = {}
+    for folds in (1, 2):
+        rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, text_dim=8, feature_dim=24,
+                                                 hidden_dim=8, group_hidden_dim=4, proxy_folds=folds,
+                                                 proxy_config=asdict(proxy)))
+        config = BilevelConfig(**base_params("rater.training", warmup_steps=400, meta_steps=1, batch_size=32,
+                                             val_batch_size=8, trace_every=10**6, probe_size=2))
+        rater = train_rater_bilevel(data, proxy, rater_config, config).rater
+        gains[folds] = {split: float(rater.inputs(data[f"{split}_features"])[:, 1].mean()) for split in ("pool", "val")}
+        if folds == 2:  # the priors travel with the artifact; scoring needs only the features
+            again = rater_from_artifact(rater_to_artifact(rater))
+            torch.testing.assert_close(again.inputs(data["pool_features"]), rater.inputs(data["pool_features"]))
+    message = f"mean caption gain on pool / unseen val rows: one prior {gains[1]}, cross-fitted {gains[2]}"
+    assert gains[1]["pool"] > 0.05 and gains[1]["pool"] > gains[1]["val"] + 0.05, message  # memorised
+    assert gains[2]["pool"] < gains[1]["pool"] - 0.05, message
+    assert abs(gains[2]["pool"] - gains[2]["val"]) < 0.5 * (gains[1]["pool"] - gains[1]["val"]), message
+
+
+def test_with_fold_priors_the_signal_s_caption_gain_is_the_held_out_one():
+    """caption_gain_weight > 0 with proxy_folds > 1: the gain term of s reads each row with its fold's prior (never
+    trained on the row), not with θ."""
+    from alchemist_kedro.models.proxy import per_sample_loss
+    from alchemist_kedro.training.bilevel import RaterData, init_state, rater_signal, start_meta_phase
+
+    data = RaterData.from_mapping(_random_pairs(n_pool=40, n_val=8))
+    proxy = tiny_proxy_config(space="embedding", prior_hidden_dim=16, prior_blocks=1)
+    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, text_dim=8, feature_dim=24,
+                                             hidden_dim=8, group_hidden_dim=4, proxy_folds=2,
+                                             proxy_config=asdict(proxy)))
+    config = BilevelConfig(**base_params("rater.training", mode="eq9", caption_gain_weight=1.0, num_loss_timesteps=2))
+    state = init_state(data, proxy, rater_config, config)
+    start_meta_phase(state, config)
+    folds = fold_of(data.pool_features, 2)
+    rows = data.pool.rows(torch.arange(16))
+    l_theta, with_folds = rater_signal(state, rows, config, "crn", 0, folds[:16])
+    _, with_theta = rater_signal(state, rows, config, "crn", 0)
+
+    def gain(model, sub):
+        own = per_sample_loss(model, sub.images, sub.tokens, sub.mask, sub.uids, num_timesteps=2)
+        null = per_sample_loss(model, sub.images, torch.zeros_like(sub.tokens), torch.zeros_like(sub.mask), sub.uids,
+                               num_timesteps=2)
+        return own - null
+
+    with torch.no_grad():
+        held_out = torch.stack([gain(state.fold_priors[int(f)], rows.rows([i]))[0] for i, f in enumerate(folds[:16])])
+        scale = l_theta.std() / held_out.std()
+        torch.testing.assert_close(with_folds, l_theta + scale * held_out)
+        assert not torch.allclose(with_folds, with_theta)

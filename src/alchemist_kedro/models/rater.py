@@ -46,6 +46,14 @@ class RaterConfig:
     reference_inputs: bool
     reference_k: int
     reference_max_rows: int
+    # > 1: the proxy_features inputs are cross-fitted. The pool is split into proxy_folds parts by a hash of each row's
+    # features (content-independent, so the parts are random halves, and the same row lands in the same part at
+    # training and at scoring), one prior per part is warmed up on the OTHER parts, and a row's inputs come from the
+    # prior that never trained on it. A prior that trained on a row has memorised it (7 epochs of the embedded pool
+    # in the warm-up): a caption that belongs to no image is then as "explained" as a true one. Measured on the
+    # embedded pool (benchmarks/reference_signals.py): the caption gain's ROC-AUC on caption defects 0.73-0.87
+    # (trained on the row) → 0.82-0.94 (cross-fitted), a 50% top-k by it alone 21.0% → 17.8% defective.
+    proxy_folds: int = 1
     alignment_config: dict | None = None  # the projection's AlignmentConfig (from its artifact, not from conf)
     proxy_config: dict | None = None  # the proxy's ProxyConfig (from training, not from conf)
 
@@ -71,6 +79,12 @@ class Rater(nn.Module):
             proxy_config = ProxyConfig(**config.proxy_config)
             image_dim = config.feature_dim - config.text_dim
             self.proxy = EmbeddingProxy(proxy_config, image_dim, caption_dim=config.text_dim).requires_grad_(False)
+            if config.proxy_folds < 1:
+                raise ValueError(f"rater.model.proxy_folds must be >= 1, got {config.proxy_folds}")
+            # Fold f's prior is proxy (f = 0) or fold_proxies[f - 1]; the state dict keeps proxy.* as before.
+            self.fold_proxies = nn.ModuleList(
+                EmbeddingProxy(proxy_config, image_dim, caption_dim=config.text_dim).requires_grad_(False)
+                for _ in range(config.proxy_folds - 1))
             k = config.proxy_feature_timesteps
             self.register_buffer("proxy_timesteps", stratified_timesteps(k, proxy_config.num_train_timesteps))
             # Fixed noise, one draw per timestep shared by every sample: common random numbers across the corpus.
@@ -115,17 +129,37 @@ class Rater(nn.Module):
         )
 
     @torch.no_grad()
-    def attach_proxy(self, proxy: nn.Module) -> None:
-        """Copy the reference proxy's weights (and data statistics) into the rater's frozen one."""
+    def attach_proxy(self, *proxies: nn.Module) -> None:
+        """Copy the warm-up prior's weights (and data statistics) into the rater's frozen one; with proxy_folds > 1,
+        one prior per fold, fold f's trained without the rows of fold f (see fold_of)."""
         if self.proxy is None:
             raise ValueError("this rater was built without proxy_features")
-        self.proxy.network.load_state_dict(proxy.network.state_dict())
+        if len(proxies) != self.config.proxy_folds:
+            raise ValueError(f"the rater has {self.config.proxy_folds} proxy folds, got {len(proxies)} priors")
+        for mine, proxy in zip(self._fold_proxies(), proxies):
+            mine.network.load_state_dict(proxy.network.state_dict())
+
+    def _fold_proxies(self) -> list[nn.Module]:
+        return [self.proxy, *self.fold_proxies]
 
     @torch.no_grad()
-    def proxy_inputs(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def proxy_inputs(self, image: torch.Tensor, text: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 2): L̂(x, c) and L̂(x, ∅) − L̂(x, c), each the mean over the fixed timesteps. The prior reads the caption
-        as its sentence embedding (text_emb; the rater pipeline trains it on the same)."""
-        proxy = self.proxy.eval()
+        as its sentence embedding (text_emb; the rater pipeline trains it on the same). `folds` (N,): which fold's
+        prior reads each row (proxy_folds > 1)."""
+        if self.config.proxy_folds > 1:
+            if folds is None:
+                raise ValueError("a cross-fitted rater needs each row's fold (fold_of(features))")
+            out = torch.empty((len(image), 2), dtype=torch.float32, device=image.device)
+            for f, proxy in enumerate(self._fold_proxies()):
+                rows = folds == f
+                if rows.any():
+                    out[rows] = self._prior_values(proxy, image[rows], text[rows]).float()
+            return out
+        return self._prior_values(self.proxy, image, text)
+
+    def _prior_values(self, proxy: nn.Module, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        proxy = proxy.eval()
         x0 = proxy.encode(image)
         n, k = len(x0), len(self.proxy_timesteps)
         x0k = x0.repeat_interleave(k, 0)
@@ -183,7 +217,8 @@ class Rater(nn.Module):
             if self.alignment is not None:
                 parts.append(self.alignment.eval()(features[..., :split], features[..., split:]).unsqueeze(-1))
             if self.proxy is not None:
-                parts.append(self.proxy_inputs(features[..., :split], features[..., split:]).to(features.dtype))
+                folds = fold_of(features, self.config.proxy_folds) if self.config.proxy_folds > 1 else None
+                parts.append(self.proxy_inputs(features[..., :split], features[..., split:], folds).to(features.dtype))
             if self.config.reference_inputs:
                 parts.append(self.reference_values(features[..., :split], features[..., split:]).to(features.dtype))
         return torch.cat(parts, dim=-1)
@@ -226,6 +261,27 @@ class Rater(nn.Module):
         return logits, instance_weights, batch_weight, instance_weights * batch_weight
 
 
+_FOLD_MULTIPLIERS: dict[int, np.ndarray] = {}
+
+
+def fold_of(features: torch.Tensor, folds: int) -> torch.Tensor:
+    """(N,) fold index in [0, folds) of each row: a hash of the row's float32 bits (a fixed random odd multiplier per
+    column, summed with wrap-around, then a 64-bit finaliser). A function of the features alone, so a row falls in
+    the same fold when the rater trains and when select scores it, and independent of what the row shows, so the
+    folds are random parts of the pool."""
+    bits = np.ascontiguousarray(features.detach().float().cpu().numpy()).view(np.uint32).astype(np.uint64)
+    width = bits.shape[1]
+    if width not in _FOLD_MULTIPLIERS:
+        rng = np.random.default_rng(0x5EED)
+        _FOLD_MULTIPLIERS[width] = rng.integers(1, 2**63, size=width, dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        h = (bits * _FOLD_MULTIPLIERS[width]).sum(1, dtype=np.uint64)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+    return torch.from_numpy((h % np.uint64(folds)).astype(np.int64)).to(features.device)
+
+
 @torch.no_grad()
 def score_with_rater(rater: Rater, features, batch_size: int = 4096) -> np.ndarray:
     """Instance logits for (N, F) features: the batch-independent score (method.md), higher = better."""
@@ -248,7 +304,7 @@ def rater_from_artifact(artifact: dict) -> Rater:
     # inputs, the embeddings in.
     config = {"text_dim": 0, "interaction_rank": 0, "alignment_feature": False, "proxy_features": False,
               "proxy_feature_timesteps": 4, "embedding_inputs": True, "reference_inputs": False, "reference_k": 10,
-              "reference_max_rows": 4096, **artifact["config"]}
+              "reference_max_rows": 4096, "proxy_folds": 1, **artifact["config"]}
     rater = Rater(RaterConfig(**config))
     rater.load_state_dict(artifact["state_dict"])
     rater.eval()
@@ -261,4 +317,4 @@ def weight_entropy(instance_weights: torch.Tensor) -> float:
     return float(-(w * w.log()).sum() / np.log(len(w))) if len(w) > 1 else 1.0
 
 
-__all__ = ["Rater", "RaterConfig", "score_with_rater", "rater_to_artifact", "rater_from_artifact", "weight_entropy"]
+__all__ = ["Rater", "RaterConfig", "fold_of", "score_with_rater", "rater_to_artifact", "rater_from_artifact", "weight_entropy"]

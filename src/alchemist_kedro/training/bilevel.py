@@ -32,7 +32,7 @@ from alchemist_kedro.models.proxy import (
     per_sample_loss,
     training_loss,
 )
-from alchemist_kedro.models.rater import Rater, RaterConfig, weight_entropy
+from alchemist_kedro.models.rater import Rater, RaterConfig, fold_of, weight_entropy
 from alchemist_kedro.hashing import run_fingerprint
 from alchemist_kedro.training.checkpoints import load_latest_checkpoint, save_checkpoint
 
@@ -155,6 +155,7 @@ class Batch:
     rows: Split
     features: torch.Tensor
     prepared: bool = False  # features are the rater's inputs already (Rater.inputs), not image_emb ⊕ text_emb
+    folds: torch.Tensor | None = None  # (B,) each row's fold (rater.model.proxy_folds > 1)
 
 
 @dataclass
@@ -171,6 +172,11 @@ class BilevelState:
     baseline: float | None = None  # b of the rater step
     history: dict[str, list[dict]] = field(default_factory=dict)
     trace: list[dict] = field(default_factory=list)
+    # rater.model.proxy_folds > 1: one warm-up prior per fold, fold f's trained on the pool rows of the other folds
+    # (the rater's cross-fitted inputs), with the pool rows each may train on.
+    fold_priors: list[DiffusionProxy] = field(default_factory=list)
+    opt_folds: list[torch.optim.Optimizer] = field(default_factory=list)
+    fold_rows: list[np.ndarray] = field(default_factory=list)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -236,7 +242,20 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
         betas=config.betas,
         weight_decay=config.weight_decay,
     )
-    return BilevelState(theta_hat, rater, _adamw(theta_hat.parameters(), config.proxy_lr, config), opt_rater)
+    state = BilevelState(theta_hat, rater, _adamw(theta_hat.parameters(), config.proxy_lr, config), opt_rater)
+    folds = rater_config.proxy_folds if rater.proxy is not None else 1
+    if folds > 1:
+        pool_folds = fold_of(data.pool_features, folds).cpu().numpy()
+        for f in range(folds):
+            rows = np.flatnonzero(pool_folds != f)
+            if len(rows) == 0:
+                raise ValueError(f"rater.model.proxy_folds={folds}: fold {f}'s prior has no pool rows to train on")
+            # The pool's statistics, as θ̂: every prior reads the same standardised space.
+            prior = build_proxy(proxy_config, data.pool.images, tokens=data.pool.tokens, mask=data.pool.mask).to(device)
+            state.fold_priors.append(prior)
+            state.opt_folds.append(_adamw(prior.parameters(), config.proxy_lr, config))
+            state.fold_rows.append(rows)
+    return state
 
 
 def warmup_step(state: BilevelState, batch: Split, config: BilevelConfig, step: int) -> dict[str, float]:
@@ -247,6 +266,18 @@ def warmup_step(state: BilevelState, batch: Split, config: BilevelConfig, step: 
     return {"warmup/loss": loss.item(), "lr/proxy": state.opt_hat.param_groups[0]["lr"]}
 
 
+def warmup_fold_step(state: BilevelState, pool: Split, config: BilevelConfig, step: int) -> dict[str, float]:
+    """eq. 4 for each fold's prior, on a batch of the pool rows outside its fold (the rater's cross-fitted inputs)."""
+    metrics = {}
+    for f, (prior, opt, rows) in enumerate(zip(state.fold_priors, state.opt_folds, state.fold_rows)):
+        batch = pool.rows(rows[_batch(len(rows), config.batch_size, config.seed, f"warmup-fold{f}", step)])
+        g = generator_for(config.seed, "noise-fold", f, step)
+        loss = training_loss(prior, batch.images, batch.tokens, batch.mask, g).mean()
+        _step(opt, list(prior.parameters()), loss, config.grad_clip)
+        metrics[f"warmup/fold{f}_loss"] = loss.item()
+    return metrics
+
+
 def start_meta_phase(state: BilevelState, config: BilevelConfig) -> None:
     """θ ← copy(θ̂), optimiser state included, so θ and θ̂ start as the same trajectory."""
     state.theta = copy.deepcopy(state.theta_hat)
@@ -254,12 +285,15 @@ def start_meta_phase(state: BilevelState, config: BilevelConfig) -> None:
     state.opt_theta.load_state_dict(state.opt_hat.state_dict())
 
 
-def rater_signal(state: BilevelState, rows: Split, config: BilevelConfig, phase: str, step: int):
+def rater_signal(state: BilevelState, rows: Split, config: BilevelConfig, phase: str, step: int,
+                 folds: torch.Tensor | None = None):
     """(L(θ; x), s): the low-variance per-sample loss at θ and the rater's signal s = L(θ) (eq. 9) or
-    L(θ) − L(θ̂) on the same CRN draws (eq. 6), plus the scaled caption gain when caption_gain_weight > 0.
-    No grad: s is data for the rater, not a path to θ."""
-    def loss(model):
-        return per_sample_loss(model, rows.images, rows.tokens, rows.mask, rows.uids,
+    L(θ) − L(θ̂) on the same CRN draws (eq. 6), plus the scaled caption gain when caption_gain_weight > 0. With
+    cross-fitted fold priors (`folds` given), the gain is the held-out one: each row's fold prior, which never
+    trained on it, reads it. No grad: s is data for the rater, not a path to θ."""
+    def loss(model, sub: Split = rows, null: bool = False):
+        tokens, mask = (torch.zeros_like(sub.tokens), torch.zeros_like(sub.mask)) if null else (sub.tokens, sub.mask)
+        return per_sample_loss(model, sub.images, tokens, mask, sub.uids,
                                num_timesteps=config.num_loss_timesteps, crn=config.crn, noise_seed=config.seed,
                                generator=generator_for(config.seed, phase, step))
 
@@ -267,10 +301,15 @@ def rater_signal(state: BilevelState, rows: Split, config: BilevelConfig, phase:
         l_theta = loss(state.theta)
         signal = l_theta if config.mode == "eq9" else l_theta - loss(state.theta_hat)
         if config.caption_gain_weight > 0:
-            null = per_sample_loss(state.theta, rows.images, torch.zeros_like(rows.tokens), torch.zeros_like(rows.mask),
-                                   rows.uids, num_timesteps=config.num_loss_timesteps, crn=config.crn,
-                                   noise_seed=config.seed, generator=generator_for(config.seed, phase, step))
-            gain = l_theta - null
+            if folds is not None and state.fold_priors:
+                gain = torch.zeros_like(l_theta)
+                for f, prior in enumerate(state.fold_priors):
+                    where = (folds == f).nonzero(as_tuple=True)[0].cpu()
+                    if len(where):
+                        sub = rows.rows(where)
+                        gain[where.to(gain.device)] = loss(prior, sub) - loss(prior, sub, null=True)
+            else:
+                gain = l_theta - loss(state.theta, null=True)
             scale = signal.std() / gain.std().clamp_min(1e-12) if len(gain) > 1 else 1.0
             signal = signal + config.caption_gain_weight * scale * gain
         return l_theta, signal
@@ -357,14 +396,14 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
         scale = s.std().clamp_min(1e-20) if len(s) > 1 else s.abs().clamp_min(1e-20)
         s = s / scale  # unit spread: the rater's step and logit_l2 see the same scale at every step
     else:
-        l_theta_crn, s = rater_signal(state, batch.rows, config, "crn", step)
+        l_theta_crn, s = rater_signal(state, batch.rows, config, "crn", step, batch.folds)
     if reference is not None:
         # b = Σ W_inst s on a second random pool batch at the same θ: unbiased at every step.
         if config.mode == "influence":
             _, s_ref, _ = influence_signal(theta, reference.rows, val_loss, config, step, direction)
             s_ref = s_ref / scale
         else:
-            _, s_ref = rater_signal(state, reference.rows, config, "crn-reference", step)
+            _, s_ref = rater_signal(state, reference.rows, config, "crn-reference", step, reference.folds)
         with torch.no_grad():
             baseline = float((torch.softmax(rater.instance_logits(reference.features, reference.prepared), 0)
                               * s_ref).sum())
@@ -429,11 +468,13 @@ def record_probe(state: BilevelState, probe: Split, config: BilevelConfig, step:
 # ------------------------------------------------------------------------------------------- checkpoints
 def _modules(state: BilevelState) -> dict:
     return {"rater": state.rater, "theta_hat": state.theta_hat.network,
-            "theta": state.theta.network if state.theta is not None else None}
+            "theta": state.theta.network if state.theta is not None else None,
+            **{f"fold_prior_{f}": prior.network for f, prior in enumerate(state.fold_priors)}}
 
 
 def _optimizers(state: BilevelState) -> dict:
-    return {"rater": state.opt_rater, "theta_hat": state.opt_hat, "theta": state.opt_theta}
+    return {"rater": state.opt_rater, "theta_hat": state.opt_hat, "theta": state.opt_theta,
+            **{f"fold_prior_{f}": opt for f, opt in enumerate(state.opt_folds)}}
 
 
 def resume(state: BilevelState, directory: Path, config: BilevelConfig) -> None:
@@ -486,23 +527,29 @@ def train_rater_bilevel(
     # pool when the meta phase starts, not twice per step (16 prior passes a step at K = 4).
     prepared: list[torch.Tensor] = []
 
+    pool_folds = (fold_of(data.pool_features, rater_config.proxy_folds) if state.fold_priors else None)
+
     def pool_batch(phase: str, step: int) -> Batch:
         index = torch.as_tensor(_batch(n_pool, config.batch_size, config.seed, phase, step))
+        folds = None if pool_folds is None else pool_folds[index.to(pool_folds.device)]
         if prepared:
-            return Batch(data.pool.rows(index), prepared[0][index], prepared=True)
-        return Batch(data.pool.rows(index), data.pool_features[index])
+            return Batch(data.pool.rows(index), prepared[0][index], prepared=True, folds=folds)
+        return Batch(data.pool.rows(index), data.pool_features[index], folds=folds)
 
     total = config.warmup_steps + config.meta_steps
     for step in tqdm(range(state.step, total), desc="rater (warm-up, then meta steps)", initial=state.step,
                      total=total, unit="step", mininterval=5):
         if step < config.warmup_steps:
             state.log(step, warmup_step(state, pool_batch("warmup", step).rows, config, step))
+            if state.fold_priors:
+                state.log(step, warmup_fold_step(state, data.pool, config, step))
         else:
             meta = step - config.warmup_steps
             if state.theta is None:
                 start_meta_phase(state, config)
-                if state.rater.proxy is not None:  # the rater's proxy inputs read θ̂ as warm-up left it
-                    state.rater.attach_proxy(state.theta_hat)
+                if state.rater.proxy is not None:  # the rater's proxy inputs read θ̂ (or the fold priors) as
+                    # warm-up left it
+                    state.rater.attach_proxy(*(state.fold_priors or [state.theta_hat]))
                     state.rater.set_standardisation(data.pool_features)
             if state.rater.proxy is not None and not prepared:  # also after a resume into the meta phase
                 with torch.no_grad():
