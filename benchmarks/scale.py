@@ -213,7 +213,7 @@ def main() -> None:
             if stage in wanted:
                 results[n][stage] = spawn(stage, corpus, work)
         if n == args.ray_rows:
-            for stage in ("ingest", "heuristics"):
+            for stage in [s for s in ("ingest", "heuristics") if s in wanted]:
                 results[n][f"{stage}_ray"] = spawn(stage, corpus, work / "ray", executor="ray", workers=2) \
                     if stage == "ingest" else spawn(stage, corpus, work, executor="ray", workers=2)
         for stage, r in results[n].items():
@@ -230,7 +230,7 @@ def main() -> None:
     if args.ray_rows:
         r = results[args.ray_rows]
         print(f"\nRay (2 workers) over local, rows/s at N={args.ray_rows} (goal >= 1.7; driver RSS only):")
-        for stage in ("ingest", "heuristics"):
+        for stage in [s for s in ("ingest", "heuristics") if s + "_ray" in r and s in r]:
             print(f"  {stage:<11} {r[stage]['seconds'] / r[stage + '_ray']['seconds']:.2f}")
     print(json.dumps({str(k): v for k, v in results.items()}))
 

@@ -194,6 +194,9 @@ def score_shards(
     progress = {"done": 0, "rows": 0, "started": None}
 
     def compute(task: ShardTask) -> pd.DataFrame:
+        # Again here: with executor ray this runs in a worker process, whose OpenCV / torch pools the driver's call
+        # did not touch (two workers at cv2's default of one thread per core oversubscribe the machine).
+        _set_threads(params["threads"])
         if progress["started"] is None:
             progress["started"] = time.perf_counter()
         shard, to_run = task.shard, [by_name[name] for name in task.parts]
