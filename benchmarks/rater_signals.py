@@ -47,6 +47,24 @@ def topk_defective_share(score: np.ndarray, clean: np.ndarray) -> float:
     return float((~clean[keep]).mean())
 
 
+def pool_defects(data: Path, uids: list[str]) -> np.ndarray:
+    """The evaluation-only `defect` side column for these pool uids ("" = clean)."""
+    side = concat_partitions(partitions(data / "03_primary/samples", ["uid", "defect"])).set_index("uid")
+    return side.loc[uids, "defect"].fillna("").astype(str).to_numpy()
+
+
+def per_kind_auc(signals: dict[str, np.ndarray], defect: np.ndarray, digits: int = 3,
+                 kind_width: int | None = None) -> pd.DataFrame:
+    """Clean-vs-kind ROC-AUC of each signal (higher = the kind ranks below clean rows), one row per kind and ALL."""
+    clean = defect == ""
+    rows = []
+    for kind in [*sorted(set(defect[~clean])), "ALL"]:
+        rows_in = clean | (defect == kind) if kind != "ALL" else np.ones_like(clean)
+        rows.append({"kind": kind[:kind_width], "n": int((defect == kind).sum() if kind != "ALL" else (~clean).sum()),
+                     **{name: round(roc_auc_score(clean[rows_in], s[rows_in]), digits) for name, s in signals.items()}})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "data"))
@@ -85,17 +103,12 @@ def main() -> None:
     signals = {"rater": score_with_rater(result.rater, inputs.pool_features.numpy()),
                "-L(θ)": -loss(result.theta), "-L(θ̂)": -loss(result.theta_hat),
                "gain θ̂": loss(result.theta_hat, null=True) - loss(result.theta_hat)}
-    side = concat_partitions(partitions(data / "03_primary/samples", ["uid", "defect"])).set_index("uid")
-    defect = side.loc[pool.uids, "defect"].fillna("").astype(str).to_numpy()
+    defect = pool_defects(data, pool.uids)
     clean = defect == ""
-    rows = []
-    for kind in [*sorted(set(defect[~clean])), "ALL"]:
-        rows_in = clean | (defect == kind) if kind != "ALL" else np.ones_like(clean)
-        rows.append({"kind": kind, "n": int((defect == kind).sum() if kind != "ALL" else (~clean).sum()),
-                     **{name: round(roc_auc_score(clean[rows_in], s[rows_in]), 3) for name, s in signals.items()}})
+    table = per_kind_auc(signals, defect)
     print(f"overrides: {args.set or 'none'}; training {seconds:.0f} s on {args.threads} thread(s)")
     print("clean-vs-kind ROC-AUC on the pool (higher = the signal ranks the kind below clean rows):")
-    print(pd.DataFrame(rows).to_string(index=False))
+    print(table.to_string(index=False))
     print("defective share kept by a 50% top-k:",
           ", ".join(f"{name} {100 * topk_defective_share(s, clean):.1f}%" for name, s in signals.items()),
           f"(random {100 * (~clean).mean():.1f}%)")

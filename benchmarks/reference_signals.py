@@ -18,18 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from sklearn.metrics import roc_auc_score
 
 from alchemist_kedro.models.proxy import ProxyConfig, build_proxy, generator_for, per_sample_loss, training_loss
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs
-from alchemist_kedro.tables import concat_partitions
 from alchemist_kedro.training.bilevel import Split
+from rater_signals import partitions, per_kind_auc, pool_defects, topk_defective_share  # benchmarks/
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def partitions(folder: Path, columns=None) -> dict:
-    return {p.stem: (lambda p=p: pd.read_parquet(p, columns=columns)) for p in sorted(folder.glob("*.parquet"))}
 
 
 def train_prior(config: ProxyConfig, stats: Split, train: Split, steps: int, batch: int, lr: float, seed: int,
@@ -124,21 +119,15 @@ def main() -> None:
         signals[f"RHO pool-val{steps}"] = own - o
     seconds = time.perf_counter() - start
 
-    side = concat_partitions(partitions(data / "03_primary/samples", ["uid", "defect"])).set_index("uid")
-    defect = side.loc[pool.uids, "defect"].fillna("").astype(str).to_numpy()
+    defect = pool_defects(data, pool.uids)
     clean = defect == ""
-    rows = []
-    for kind in [*sorted(set(defect[~clean])), "ALL"]:
-        rows_in = clean | (defect == kind) if kind != "ALL" else np.ones_like(clean)
-        rows.append({"kind": kind[:14], **{name: round(roc_auc_score(clean[rows_in], s[rows_in]), 2)
-                                           for name, s in signals.items()}})
+    table = per_kind_auc(signals, defect, digits=2, kind_width=14)
     pd.set_option("display.width", 250)
     print(f"{seconds:.0f} s on {args.threads} thread(s)")
     print("clean-vs-kind ROC-AUC on the pool (higher = the signal ranks the kind below clean rows):")
-    print(pd.DataFrame(rows).to_string(index=False))
-    keep = lambda s: np.argsort(-s, kind="stable")[: len(s) // 2]
+    print(table.to_string(index=False))
     print("defective share kept by a 50% top-k:",
-          ", ".join(f"{name} {100 * (~clean[keep(s)]).mean():.1f}%" for name, s in signals.items()),
+          ", ".join(f"{name} {100 * topk_defective_share(s, clean):.1f}%" for name, s in signals.items()),
           f"(random {100 * (~clean).mean():.1f}%)")
 
 
