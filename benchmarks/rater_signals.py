@@ -65,6 +65,16 @@ def per_kind_auc(signals: dict[str, np.ndarray], defect: np.ndarray, digits: int
     return pd.DataFrame(rows)
 
 
+def print_report(signals: dict[str, np.ndarray], defect: np.ndarray, **table) -> None:
+    """The per-kind ROC-AUC table and each signal's defective share in a 50% top-k."""
+    clean = defect == ""
+    print("clean-vs-kind ROC-AUC on the pool (higher = the signal ranks the kind below clean rows):")
+    print(per_kind_auc(signals, defect, **table).to_string(index=False))
+    print("defective share kept by a 50% top-k:",
+          ", ".join(f"{name} {100 * topk_defective_share(s, clean):.1f}%" for name, s in signals.items()),
+          f"(random {100 * (~clean).mean():.1f}%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "data"))
@@ -103,16 +113,8 @@ def main() -> None:
     signals = {"rater": score_with_rater(result.rater, inputs.pool_features.numpy()),
                "-L(θ)": -loss(result.theta), "-L(θ̂)": -loss(result.theta_hat),
                "gain θ̂": loss(result.theta_hat, null=True) - loss(result.theta_hat)}
-    defect = pool_defects(data, pool.uids)
-    clean = defect == ""
-    table = per_kind_auc(signals, defect)
     print(f"overrides: {args.set or 'none'}; training {seconds:.0f} s on {args.threads} thread(s)")
-    print("clean-vs-kind ROC-AUC on the pool (higher = the signal ranks the kind below clean rows):")
-    print(table.to_string(index=False))
-    print("defective share kept by a 50% top-k:",
-          ", ".join(f"{name} {100 * topk_defective_share(s, clean):.1f}%" for name, s in signals.items()),
-          f"(random {100 * (~clean).mean():.1f}%)")
-
+    print_report(signals, pool_defects(data, pool.uids))
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ import yaml
 from alchemist_kedro.models.proxy import ProxyConfig, build_proxy, generator_for, per_sample_loss, training_loss
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs
 from alchemist_kedro.training.bilevel import Split
-from rater_signals import partitions, per_kind_auc, pool_defects, topk_defective_share  # benchmarks/
+from rater_signals import partitions, pool_defects, print_report  # benchmarks/
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,17 +119,9 @@ def main() -> None:
         signals[f"RHO pool-val{steps}"] = own - o
     seconds = time.perf_counter() - start
 
-    defect = pool_defects(data, pool.uids)
-    clean = defect == ""
-    table = per_kind_auc(signals, defect, digits=2, kind_width=14)
     pd.set_option("display.width", 250)
     print(f"{seconds:.0f} s on {args.threads} thread(s)")
-    print("clean-vs-kind ROC-AUC on the pool (higher = the signal ranks the kind below clean rows):")
-    print(table.to_string(index=False))
-    print("defective share kept by a 50% top-k:",
-          ", ".join(f"{name} {100 * topk_defective_share(s, clean):.1f}%" for name, s in signals.items()),
-          f"(random {100 * (~clean).mean():.1f}%)")
-
+    print_report(signals, pool_defects(data, pool.uids), digits=2, kind_width=14)
 
 if __name__ == "__main__":
     main()

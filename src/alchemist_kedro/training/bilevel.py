@@ -173,10 +173,11 @@ class BilevelState:
     history: dict[str, list[dict]] = field(default_factory=dict)
     trace: list[dict] = field(default_factory=list)
     # rater.model.proxy_folds > 1: one warm-up prior per fold, fold f's trained on the pool rows of the other folds
-    # (the rater's cross-fitted inputs), with the pool rows each may train on.
+    # (the rater's cross-fitted inputs), with the pool rows each may train on, and each pool row's fold.
     fold_priors: list[DiffusionProxy] = field(default_factory=list)
     opt_folds: list[torch.optim.Optimizer] = field(default_factory=list)
     fold_rows: list[np.ndarray] = field(default_factory=list)
+    pool_folds: torch.Tensor | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -245,9 +246,9 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
     state = BilevelState(theta_hat, rater, _adamw(theta_hat.parameters(), config.proxy_lr, config), opt_rater)
     folds = rater_config.proxy_folds if rater.proxy is not None else 1
     if folds > 1:
-        pool_folds = fold_of(data.pool_features, folds).cpu().numpy()
+        state.pool_folds = fold_of(data.pool_features, folds).cpu()
         for f in range(folds):
-            rows = np.flatnonzero(pool_folds != f)
+            rows = np.flatnonzero(state.pool_folds.numpy() != f)
             if len(rows) == 0:
                 raise ValueError(f"rater.model.proxy_folds={folds}: fold {f}'s prior has no pool rows to train on")
             # The pool's statistics, as θ̂: every prior reads the same standardised space.
@@ -527,11 +528,9 @@ def train_rater_bilevel(
     # pool when the meta phase starts, not twice per step (16 prior passes a step at K = 4).
     prepared: list[torch.Tensor] = []
 
-    pool_folds = (fold_of(data.pool_features, rater_config.proxy_folds) if state.fold_priors else None)
-
     def pool_batch(phase: str, step: int) -> Batch:
         index = torch.as_tensor(_batch(n_pool, config.batch_size, config.seed, phase, step))
-        folds = None if pool_folds is None else pool_folds[index.to(pool_folds.device)]
+        folds = None if state.pool_folds is None else state.pool_folds[index].to(device)
         if prepared:
             return Batch(data.pool.rows(index), prepared[0][index], prepared=True, folds=folds)
         return Batch(data.pool.rows(index), data.pool_features[index], folds=folds)
