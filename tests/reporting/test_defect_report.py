@@ -111,3 +111,53 @@ def test_duplicate_report_counts_groups_kept_twice():
     assert duplicate_report(side, selection) == {
         "groups": 2.0, "groups_with_more_than_one_kept": 1.0, "max_kept_in_a_group": 2.0
     }
+
+
+def _duplicate_tables():
+    # o1/d1 and o2/d2: an original and its copy, identical scores would tie; here d1 scores above o1.
+    scores = pd.DataFrame({"uid": ["d1", "o1", "o2", "d2", "c1", "c2", "n1", "n2"],
+                           "score": [9.0, 8.9, 8.0, 7.9, 7.0, 6.0, 1.0, 0.5]})
+    side = pd.DataFrame({"uid": scores["uid"],
+                         "defect": ["exact_duplicate", None, None, "exact_duplicate", None, None, "noise", "noise"],
+                         "duplicate_group": ["g1", "g1", "g2", "g2", None, None, None, None]})
+    return scores, side
+
+
+def test_a_kept_copy_is_a_defect_only_when_its_original_is_kept_too():
+    scores, side = _duplicate_tables()
+    # d1 kept without o1 (one member of g1), o2 and d2 both kept (one too many), one noise row kept.
+    selection = pd.DataFrame({"uid": scores["uid"], "selected": [True, False, True, True, True, False, True, False]})
+    report = defect_report(scores, side, selection).set_index("kind")
+    assert report.loc["all_defects", "kept_share"] == pytest.approx(3 / 4)  # per row: d1, d2, n1
+    assert report.loc["all_defects_by_group", "kept_share"] == pytest.approx(2 / 4)  # d2 (g2 twice) and n1
+    assert report.loc["all_defects_by_group", "n"] == 4
+    assert list(report.index[:3]) == ["clean", "all_defects", "all_defects_by_group"]
+    # Without the group column the pooled row is not there.
+    assert "all_defects_by_group" not in defect_report(scores, side[["uid", "defect"]], selection)["kind"].tolist()
+
+
+def test_strategies_after_dedup_keep_each_group_s_best_member_by_this_score_at_the_given_count():
+    scores, side = _duplicate_tables()
+    groups = pd.DataFrame({"uid": scores["uid"], "dedup_group": ["g1", "g1", "g2", "g2", None, None, None, None]})
+    plain = evaluate_strategies(scores, side, strategies=("topk",), count=4)
+    deduped = evaluate_strategies(scores, side, strategies=("topk",), count=4, dedup_groups=groups)
+    picked = lambda e: set(e.selections["topk"].query("selected")["uid"])
+    assert picked(plain) == {"d1", "o1", "o2", "d2"}
+    assert picked(deduped) == {"d1", "o2", "c1", "c2"}  # o1 and d2 lose to their group's better member
+    assert plain.summary.loc[0, "defective_kept"] == 2 and plain.summary.loc[0, "defective_kept_by_group"] == 2
+    assert deduped.summary.loc[0, "defective_kept"] == 1 and deduped.summary.loc[0, "defective_kept_by_group"] == 0
+    assert deduped.summary.loc[0, "k"] == 4
+
+
+def test_the_best_strategy_is_chosen_by_duplicates_counted_by_group():
+    # Top-k keeps the copy d1 but not its original o1 (a defect by row, none by group); bottom-k keeps the noise row
+    # n1 (one either way). By rows a tie, which the earlier strategy (bottomk) would win; by group top-k wins.
+    scores = pd.DataFrame({"uid": ["d1", "c1", "c2", "c3", "n1", "o1"], "score": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]})
+    side = pd.DataFrame({"uid": scores["uid"], "defect": ["exact_duplicate", None, None, None, "noise", None],
+                         "duplicate_group": ["g1", None, None, None, None, "g1"]})
+    evaluation = evaluate_strategies(scores, side, strategies=("bottomk", "topk"), ratio=0.5)
+    summary = evaluation.summary.set_index("strategy")
+    assert summary["defective_kept"].tolist() == [1, 1]
+    assert summary["defective_kept_by_group"].tolist() == [1, 0]
+    assert evaluation.best == "topk"
+    assert evaluate_strategies(scores, side[["uid", "defect"]], strategies=("bottomk", "topk")).best == "bottomk"

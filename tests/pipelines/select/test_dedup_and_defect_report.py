@@ -75,3 +75,23 @@ def test_defect_report_is_empty_without_defect_labels():
     manifest = nodes.select_from_scores(scores, base_params("select", strategy="topk", ratio=0.5))
     report, metrics = nodes.defect_kind_report(manifest, scores, index, {}, {}, base_params("select.defect_report"))
     assert report.empty and metrics == {}
+
+
+def test_each_heuristic_goes_through_the_selection_s_dedup_groups_at_the_selection_s_count():
+    index, scores, embeddings = _pool()
+    candidates, duplicates = nodes.deduplicate_pool(scores, index, embeddings, base_params("select.dedup", near_threshold=0.95))
+    manifest = nodes.select_from_scores(candidates, base_params("select", strategy="topk", ratio=0.5))
+    # The heuristic ranks the exact pair (u00, u01) and the near pair (u02, u03) first: without dedup its top-k
+    # keeps both members of each group; through the groups, one each, the better by its own score (u00, u03).
+    heuristic = scores[["uid"]].assign(score=[10.0, 9.0, 8.0, 8.5] + list(np.arange(8) / 8))
+    report, metrics = nodes.defect_kind_report(manifest, scores, index, {"clarity": lambda: heuristic}, {},
+                                               base_params("select.defect_report", heuristics=["clarity"]),
+                                               duplicates)
+    theirs = report[report["scorer"] == "clarity"].set_index("kind")
+    k = int(manifest["selected"].sum())
+    assert round(theirs.loc["clean", "kept_share"] * theirs.loc["clean", "n"]
+                 + theirs.loc["all_defects", "kept_share"] * theirs.loc["all_defects", "n"]) == k
+    assert theirs.loc["exact_duplicate", "kept_share"] == 0.0  # u01 loses to u00 by clarity
+    assert theirs.loc["near_duplicate", "kept_share"] == 1.0  # u03 beats u02: kept, but alone in its group
+    assert theirs.loc["all_defects_by_group", "kept_share"] < theirs.loc["all_defects", "kept_share"]
+    assert "select.defects.heuristic.clarity_topk.all_defects_by_group.kept_share" in metrics

@@ -250,10 +250,14 @@ def check_ledger(ledger: pd.DataFrame, manifest: pd.DataFrame, n_samples: int, n
 
 def defect_kind_report(manifest: pd.DataFrame, pool_scores: pd.DataFrame, sample_index: pd.DataFrame,
                        heuristic_scores: dict[str, Any], heuristic_feature_scores: dict[str, Any],
-                       params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+                       params: dict[str, Any], duplicates: pd.DataFrame | None = None,
+                       ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Per defect kind (the evaluation-only `defect` column): mean percentile, share kept, clean-vs-kind ROC-AUC,
-    for this selection and for every heuristic table present at its best strategy (topk / band / shift_gsample at the
-    same ratio). → (table for data/08_reporting, MLflow metrics). Empty when the corpus has no defect labels."""
+    for this selection and for every heuristic table present at its best strategy (topk / band / shift_gsample, the
+    same k). Each heuristic goes through the same dedup groups (`duplicates`, the dedup step's table), keeping each
+    group's best member by ITS score, as `select.scorer=<heuristic>` would select; duplicates are counted by group
+    (reporting/defect_report.py, the `all_defects_by_group` row). → (table for data/08_reporting, MLflow metrics).
+    Empty when the corpus has no defect labels."""
     side = sample_index.loc[sample_index["split"] == "pool", ["uid", "defect", "duplicate_group"]]
     if not side["defect"].notna().any():
         return pd.DataFrame(columns=["scorer", "strategy", *REPORT_COLUMNS]), {}
@@ -268,7 +272,6 @@ def defect_kind_report(manifest: pd.DataFrame, pool_scores: pd.DataFrame, sample
     metrics = {f"select.defects.{k}": v for k, v in report_metrics(frames[0], "selection").items()}
     dup = duplicate_report(side, scored)
     metrics.update({f"select.duplicates.{k}": v for k, v in dup.items()})
-    ratio = float(scored["selected"].mean())
     tables = {**{k: v for k, v in heuristic_feature_scores.items()}, **{k: v for k, v in heuristic_scores.items()}}
     for name in sorted(tables):
         if name in params["heuristics"] or not params["heuristics"]:
@@ -278,7 +281,8 @@ def defect_kind_report(manifest: pd.DataFrame, pool_scores: pd.DataFrame, sample
                 logger.warning("select: the %s table covers %d of %d pool rows; left out of the defect report",
                                name, len(table), len(scored))
                 continue
-            best = evaluate_strategies(table, side[["uid", "defect"]], ratio=ratio, seed=int(manifest["seed"].iloc[0]))
+            best = evaluate_strategies(table, side, seed=int(manifest["seed"].iloc[0]), dedup_groups=duplicates,
+                                       count=int(scored["selected"].sum()))
             frames.append(best.report.assign(scorer=name, strategy=best.best))
             metrics.update({f"select.defects.heuristic.{k}": v
                             for k, v in report_metrics(best.report, f"{name}_{best.best}").items()})

@@ -27,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="select_build_sample_index"),
             Node(nodes.defect_kind_report,
                  ["selection_manifest", "select_pool_scores", "select_sample_index", "heuristic_scores",
-                  "heuristic_feature_scores", "params:select.defect_report"],
+                  "heuristic_feature_scores", "params:select.defect_report", "select_duplicates"],
                  ["selection_defect_report", "selection_defect_metrics"], name="select_defect_report"),
             Node(nodes.build_ledger, ["selection_manifest", "select_sample_index", "quarantine", "select_duplicates"],
                  "ledger",
