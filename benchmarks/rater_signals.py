@@ -25,6 +25,8 @@ from alchemist_kedro.evaluation.downstream import fit_alignment_on_val
 from alchemist_kedro.models.proxy import ProxyConfig, per_sample_loss
 from alchemist_kedro.models.rater import RaterConfig, score_with_rater
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs
+from alchemist_kedro.reporting.defect_report import evaluate_strategies
+from alchemist_kedro.selection.dedup import dedup, pair_features
 from alchemist_kedro.tables import concat_partitions
 from alchemist_kedro.training.bilevel import BilevelConfig, train_rater_bilevel
 
@@ -75,6 +77,34 @@ def print_report(signals: dict[str, np.ndarray], defect: np.ndarray, **table) ->
           f"(random {100 * (~clean).mean():.1f}%)")
 
 
+def selection_report(data: Path, uids: list[str], scores: dict[str, np.ndarray], near_threshold: float | None,
+                     ratio: float = 0.5) -> None:
+    """What `select` would keep with each score: the dedup step (exact + near at `near_threshold`, the best member of
+    each group by that score), then top-k `ratio` of the rows left; defective share per row and with duplicates
+    counted by group, and each kind's keep share over the clean rows' (the issue's ≤ 0.5 bar)."""
+    side = concat_partitions(partitions(data / "03_primary/samples",
+                                        ["uid", "defect", "duplicate_group", "sha256", "caption"])).set_index("uid")
+    side = side.loc[uids].reset_index()
+    feats = concat_partitions(partitions(data / "04_feature/features", ["uid", "image_emb", "text_emb"]))
+    feats = feats.set_index("uid").loc[uids]
+    pair = pair_features(np.stack(feats["image_emb"].to_numpy()), np.stack(feats["text_emb"].to_numpy()))
+    rows = []
+    for name, score in scores.items():
+        table = side[["uid", "sha256", "caption"]].assign(score=score)
+        groups = dedup(table, features=pair, near_threshold=near_threshold)
+        e = evaluate_strategies(table[["uid", "score"]], side[["uid", "defect", "duplicate_group"]],
+                                strategies=("topk",), ratio=ratio, dedup_groups=groups)
+        s, report = e.summary.iloc[0], e.report.set_index("kind")
+        rows.append({"score": name, "k": int(s["k"]), "defective": round(100 * s["defective_share"], 1),
+                     "by group": round(100 * s["defective_share_by_group"], 1),
+                     **report.loc[~report.index.isin(["clean", "all_defects", "all_defects_by_group"]),
+                                  "kept_share_vs_clean"].round(2).to_dict()})
+    table = pd.DataFrame(rows).set_index("score").T
+    print(f"select's view (dedup at near_threshold {near_threshold}, top-k {ratio:.0%} of the rows left): defective % "
+          "of the selection, then each kind's keep share ÷ the clean rows' (goal ≤ 0.5):")
+    print(table.to_string())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "data"))
@@ -115,6 +145,8 @@ def main() -> None:
                "gain θ̂": loss(result.theta_hat, null=True) - loss(result.theta_hat)}
     print(f"overrides: {args.set or 'none'}; training {seconds:.0f} s on {args.threads} thread(s)")
     print_report(signals, pool_defects(data, pool.uids))
+    near = yaml.safe_load((ROOT / "conf/base/parameters_select.yml").read_text())["select"]["dedup"]["near_threshold"]
+    selection_report(data, pool.uids, {"rater": signals["rater"]}, near)
 
 if __name__ == "__main__":
     main()

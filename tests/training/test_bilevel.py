@@ -128,8 +128,9 @@ def test_embedding_prior_eq6_rater_ranks_wrong_captions_below_clean_and_an_untra
 
 
 def test_default_rater_on_the_prior_s_inputs_ranks_wrong_captions_below_clean_and_travels_with_its_artifact():
-    """The default rater (rater.model: proxy_features, no embedding inputs; eq. 6): its inputs
-    are the frozen warm-up prior's loss and caption gain, read off image_emb ⊕ text_emb. Trained, it ranks the wrong
+    """The default rater (rater.model: proxy_features, no embedding inputs, 2 cross-fitted proxy folds; eq. 6 plus the
+    cross-fitted caption gain): its inputs are the frozen warm-up priors' loss and caption gain, read off
+    image_emb ⊕ text_emb. Trained, it ranks the wrong
     captions below clean pairs; with an untrained prior (same MLP shape) it cannot. The prior's
     weights live in the rater's artifact, so scoring from the artifact gives the same scores."""
     data, defects = make_data(n_pool=256, n_val=64, seed=0)
@@ -162,17 +163,19 @@ def test_default_rater_on_the_prior_s_inputs_ranks_wrong_captions_below_clean_an
         values = rater.inputs(data["pool_features"])  # (N, 2): the prior's loss and caption gain
         return roc_auc_score(clean[rows], sign * values[:, column].numpy()[rows])
 
-    # The inputs: the warm-up prior's caption gain sees the wrong captions, its loss the noise images.
+    # The inputs: the warm-up priors' caption gain sees the wrong captions, their loss the noise images. Each row is
+    # read by the prior of the other half (proxy_folds 2, as shipped), trained on 128 rows here.
+    assert rater_config.proxy_folds == 2 and config.caption_gain_weight > 0  # what conf/base ships
     inputs = {"gain/mismatch": (input_auc(result.rater, "mismatch", 1, 1), input_auc(untrained, "mismatch", 1, 1)),
               "loss/noise": (input_auc(result.rater, "noise", 0, -1), input_auc(untrained, "noise", 0, -1))}
-    # The rater (eq. 6, as shipped): measured 0.77 (trained) vs 0.50 on wrong captions, 0.72 on noise. It uses its
-    # inputs only in part: the meta-gradient's noise, not the inputs, limits it (README).
+    # The rater (eq. 6 + the cross-fitted caption gain, as shipped): measured 0.94 (trained) vs 0.53 on wrong
+    # captions, 0.94 on noise. Before the gain term and the cross-fitting (proxy_folds 1, weight 0): 0.77 and 0.72.
     aucs = {kind: (auc(result.rater, kind), auc(untrained, kind)) for kind in ("mismatch", "noise")}
     message = ", ".join(f"{kind}: trained {a:.3f} / untrained {b:.3f}" for kind, (a, b) in {**inputs, **aucs}.items())
     assert inputs["gain/mismatch"][0] >= 0.9 and abs(inputs["gain/mismatch"][1] - 0.5) < 0.2, message
-    assert inputs["loss/noise"][0] >= 0.75, message
-    assert aucs["mismatch"][0] >= 0.7 and abs(aucs["mismatch"][1] - 0.5) < 0.15, message
-    assert aucs["noise"][0] >= 0.65, message
+    assert inputs["loss/noise"][0] >= 0.65, message
+    assert aucs["mismatch"][0] >= 0.85 and abs(aucs["mismatch"][1] - 0.5) < 0.15, message
+    assert aucs["noise"][0] >= 0.8, message
     again = rater_from_artifact(rater_to_artifact(result.rater))
     np.testing.assert_array_equal(score_with_rater(again, data["pool_features"]),
                                   score_with_rater(result.rater, data["pool_features"]))
