@@ -2,7 +2,7 @@
 the clean-vs-kind ROC-AUC on the pool of the rater's score and of the signals it learns from (θ's and θ̂'s per-sample
 loss, θ̂'s caption gain L(∅) − L(c)), and the defective share a 50% top-k of each keeps. Issue 12's experiments.
 
-    .venv/bin/python benchmarks/rater_signals.py [--data data] [--threads 1] [--set rater.training.mode=eq9 ...]
+    .venv/bin/python benchmarks/rater_signals.py [--data data] [--env openclipart] [--threads 1] [--set rater.training.mode=eq9 ...]
 
 Needs a finished `make run` (samples, features). The `defect` side column is read here for evaluation only. One
 run trains one rater (~2-4 min on one core with the default conf); the seed-to-seed spread of the top-k share is
@@ -33,6 +33,15 @@ from alchemist_kedro.training.bilevel import BilevelConfig, train_rater_bilevel
 ROOT = Path(__file__).resolve().parents[1]
 
 
+ENV: str | None = None  # --env: a generated conf env (conf_env.py) keeps its outputs under data/<layer>/<env>/
+
+
+def at(data: Path, relative: str) -> Path:
+    """data/<layer>/<name>, or data/<layer>/<env>/<name> for the outputs of `kedro run --env <env>`."""
+    layer, rest = relative.split("/", 1)
+    return data / layer / ENV / rest if ENV else data / relative
+
+
 def partitions(folder: Path, columns=None) -> dict:
     return {p.stem: (lambda p=p: pd.read_parquet(p, columns=columns)) for p in sorted(folder.glob("*.parquet"))}
 
@@ -51,7 +60,7 @@ def topk_defective_share(score: np.ndarray, clean: np.ndarray) -> float:
 
 def pool_defects(data: Path, uids: list[str]) -> np.ndarray:
     """The evaluation-only `defect` side column for these pool uids ("" = clean)."""
-    side = concat_partitions(partitions(data / "03_primary/samples", ["uid", "defect"])).set_index("uid")
+    side = concat_partitions(partitions(at(data, "03_primary/samples"), ["uid", "defect"])).set_index("uid")
     return side.loc[uids, "defect"].fillna("").astype(str).to_numpy()
 
 
@@ -82,10 +91,10 @@ def selection_report(data: Path, uids: list[str], scores: dict[str, np.ndarray],
     """What `select` would keep with each score: the dedup step (exact + near at `near_threshold`, the best member of
     each group by that score), then top-k `ratio` of the rows left; defective share per row and with duplicates
     counted by group, and each kind's keep share over the clean rows' (the issue's ≤ 0.5 bar)."""
-    side = concat_partitions(partitions(data / "03_primary/samples",
+    side = concat_partitions(partitions(at(data, "03_primary/samples"),
                                         ["uid", "defect", "duplicate_group", "sha256", "caption"])).set_index("uid")
     side = side.loc[uids].reset_index()
-    feats = concat_partitions(partitions(data / "04_feature/features", ["uid", "image_emb", "text_emb"]))
+    feats = concat_partitions(partitions(at(data, "04_feature/features"), ["uid", "image_emb", "text_emb"]))
     feats = feats.set_index("uid").loc[uids]
     pair = pair_features(np.stack(feats["image_emb"].to_numpy()), np.stack(feats["text_emb"].to_numpy()))
     rows = []
@@ -109,21 +118,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "data"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--env", default=None, help="read the outputs of `kedro run --env ENV` (e.g. openclipart)")
     ap.add_argument("--set", action="append", default=[], help="dotted conf override, e.g. rater.training.mode=eq9")
     args = ap.parse_args()
+    global ENV
+    ENV = args.env
     torch.set_num_threads(args.threads)
     params = {"rater": yaml.safe_load((ROOT / "conf/base/parameters_rater.yml").read_text())["rater"]}
     for item in args.set:
         set_dotted(params, *item.split("=", 1))
     rp, data = params["rater"], Path(args.data)
-    samples = partitions(data / "03_primary/samples", ["uid", "image", "split", "caption", "sha256"])
-    features = partitions(data / "04_feature/features")
+    samples = partitions(at(data, "03_primary/samples"), ["uid", "image", "split", "caption", "sha256"])
+    features = partitions(at(data, "04_feature/features"))
     inputs = build_rater_inputs(samples, features, rp)
     proxy_config = ProxyConfig(**rp["proxy"])
     alignment = None
     if rp["model"]["alignment_feature"]:
         evaluate = yaml.safe_load((ROOT / "conf/base/parameters_evaluate.yml").read_text())["evaluate"]
-        alignment = fit_alignment_on_val(partitions(data / "03_primary/samples", ["uid", "split"]), features, evaluate)
+        alignment = fit_alignment_on_val(partitions(at(data, "03_primary/samples"), ["uid", "split"]), features, evaluate)
     rater_config = RaterConfig(feature_dim=int(inputs.pool_features.shape[1]), text_dim=inputs.text_dim,
                                alignment_config=alignment["config"] if alignment else None,
                                proxy_config=asdict(proxy_config) if rp["model"]["proxy_features"] else None,
