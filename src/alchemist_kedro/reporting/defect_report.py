@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from alchemist_kedro.selection.dedup import best_of_each_group
 from alchemist_kedro.selection.strategies import Ranking, resolve_k, select
 
 CLEAN = "clean"
@@ -182,12 +183,13 @@ def strategy_selection(
 
 def best_per_group(scores: pd.DataFrame, dedup_groups: pd.DataFrame) -> np.ndarray:
     """Mask over ``scores`` rows: the rows a dedup step would leave selectable under THIS score -- every row outside a
-    group, and each group's best-scored member (ties by uid; NaN worst), as selection/dedup.py keeps them.
-    ``dedup_groups``: uid, dedup_group (null = in no group), e.g. the select pipeline's duplicate table."""
-    table = scores[["uid", "score"]].merge(dedup_groups[["uid", "dedup_group"]], on="uid", how="left")
-    grouped = table[table["dedup_group"].notna()].assign(score=lambda t: t["score"].fillna(-np.inf))
-    best = grouped.sort_values(["score", "uid"], ascending=[False, True]).drop_duplicates("dedup_group")["uid"]
-    return (table["dedup_group"].isna() | table["uid"].isin(set(best))).to_numpy()
+    group, and each group's best-scored member (selection/dedup.py's rule). ``dedup_groups``: uid, dedup_group (null =
+    in no group), e.g. the select pipeline's duplicate table."""
+    group = scores[["uid"]].merge(dedup_groups[["uid", "dedup_group"]], on="uid", how="left")["dedup_group"]
+    labels = pd.factorize(group.astype(object))[0]  # null -> -1: give each ungrouped row its own label
+    alone = labels < 0
+    labels[alone] = labels.max(initial=-1) + 1 + np.arange(int(alone.sum()))
+    return best_of_each_group(labels, scores["score"].to_numpy(dtype=np.float64), scores["uid"].to_numpy())
 
 
 def evaluate_strategies(

@@ -137,6 +137,18 @@ def connected_components(n: int, edges: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- entry point
 
 
+def best_of_each_group(labels: np.ndarray, scores: np.ndarray, uids: np.ndarray) -> np.ndarray:
+    """(N,) bool: the kept member of each group (integer ``labels``): the best score (higher = better; NaN last),
+    ties by uid. The one rule for which duplicate stays, shared by ``dedup`` and the defect report."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((np.asarray(uids).astype(str), np.where(np.isnan(scores), np.inf, -scores), labels))
+    is_first = np.ones(len(labels), dtype=bool)
+    is_first[1:] = labels[order][1:] != labels[order][:-1]
+    is_kept = np.zeros(len(labels), dtype=bool)
+    is_kept[order[is_first]] = True
+    return is_kept
+
+
 def dedup(
     table: pd.DataFrame,
     *,
@@ -190,12 +202,7 @@ def dedup(
     if np.isnan(scores).any():
         logger.warning("dedup: %d rows have no score; they rank last within their group", int(np.isnan(scores).sum()))
     uid_text = table["uid"].astype(str).to_numpy()
-    # Best first within each group: by component, then -score (NaN last), then uid.
-    order = np.lexsort((uid_text, np.where(np.isnan(scores), np.inf, -scores), labels))
-    is_first = np.ones(n, dtype=bool)
-    is_first[1:] = labels[order][1:] != labels[order][:-1]
-    is_kept = np.zeros(n, dtype=bool)
-    is_kept[order[is_first]] = True
+    is_kept = best_of_each_group(labels, scores, uid_text)
 
     # Group id: the smallest uid (as text) in the group, independent of the scores.
     group_min_uid = pd.Series(uid_text).groupby(labels).transform("min").to_numpy()
