@@ -5,6 +5,11 @@ because θ̂ trains on the very rows it scores (a pair it can memorise looks lea
 row cannot memorise it.
 
     .venv/bin/python benchmarks/reference_signals.py [--data data] [--threads 1] [--steps 1000] [--val-steps 600]
+        [--thumbnail 8]
+
+`--thumbnail R` trains every prior on [image_emb ; the R×R RGB thumbnail of the image] instead of image_emb alone (each
+block unit-normalised, then the prior's per-dimension standardisation): does a prior that also models pixel layout
+and colour see overlays that the Open-NSFW embedding does not?
 
 Needs a finished `make run` (samples, features). The `defect` side column is read here for evaluation only.
 """
@@ -17,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 import yaml
 
 from alchemist_kedro.models.proxy import ProxyConfig, build_proxy, generator_for, per_sample_loss, training_loss
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs
+from alchemist_kedro.tables import concat_partitions, decode_pngs
 from alchemist_kedro.training.bilevel import Split
 from rater_signals import partitions, pool_defects, print_report  # benchmarks/
 
@@ -75,6 +82,14 @@ def val_alignment(model, rows: Split, val: Split, eps: float = 1e-3, k: int = 8)
     return (out[0] - out[1]) / (2 * step)
 
 
+def with_thumbnails(rows: Split, samples: dict, side: int) -> Split:
+    """rows with [unit image_emb ; unit flattened side×side RGB thumbnail] as the prior's "image"."""
+    images = concat_partitions(samples, ["uid", "image"]).set_index("uid").loc[rows.uids, "image"]
+    thumbs = decode_pngs(images.tolist(), side).reshape(len(rows), -1).float()
+    x = torch.cat([F.normalize(rows.images.float(), dim=1), F.normalize(thumbs, dim=1)], dim=1)
+    return Split(x, rows.tokens, rows.mask, rows.uids)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "data"))
@@ -83,14 +98,17 @@ def main() -> None:
     ap.add_argument("--val-steps", type=int, nargs="+", default=[300, 1000])
     ap.add_argument("--val-weight-decay", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--thumbnail", type=int, default=0, help="R > 0: priors model [image_emb ; R×R thumbnail]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rp = yaml.safe_load((ROOT / "conf/base/parameters_rater.yml").read_text())["rater"]
     data = Path(args.data)
-    inputs = build_rater_inputs(partitions(data / "03_primary/samples", ["uid", "image", "split", "caption", "sha256"]),
-                                partitions(data / "04_feature/features"), rp)
+    samples = partitions(data / "03_primary/samples", ["uid", "image", "split", "caption", "sha256"])
+    inputs = build_rater_inputs(samples, partitions(data / "04_feature/features"), rp)
     config = ProxyConfig(**rp["proxy"])
     pool, val = inputs.pool, inputs.val
+    if args.thumbnail:
+        pool, val = with_thumbnails(pool, samples, args.thumbnail), with_thumbnails(val, samples, args.thumbnail)
     lr, batch = rp["training"]["proxy_lr"], rp["training"]["batch_size"]
     start = time.perf_counter()
     signals = {}
@@ -107,6 +125,7 @@ def main() -> None:
         cf_own[fold == f], cf_null[fold == f] = o, n
         cf_infl[fold == f] = val_alignment(model, pool.rows(np.flatnonzero(fold == f)), val)
     signals["-L cross"], signals["gain cross"] = -cf_own, cf_null - cf_own
+    signals["log gain cross"] = np.log(cf_null) - np.log(cf_own)  # scale-free: the share of the loss the caption explains
     signals["infl cross"] = cf_infl
     for steps in args.val_steps:
         model = train_prior(config, pool, val, steps, batch, lr, args.seed + 10, args.val_weight_decay)
