@@ -10,10 +10,11 @@ From the rater's warm-up prior θ̂ (conf's proxy, warm-up steps and learning ra
 fine-tunes a copy for --steps steps on batches of which a --share come from one kind's rows and the rest from clean
 pool rows; the `clean` arm takes every row from the clean rows, and the `clean_subset` arm draws its share from a
 fixed random set of clean rows as large as a kind (the control: a kind's few rows are seen many times, which alone
-raises the val loss; exact and near duplicates, copies of clean pairs, land there too). All arms of a seed draw the same clean rows, the same
-noise and the same caption dropout, so they differ only by the kind's rows. Printed per kind: the val loss (own
-captions, fixed timesteps and noise) minus the clean arm's, relative to it, the mean and per seed, the mean minus the
-clean_subset control's; and the val caption sensitivity of each arm (how much of the val loss the captions explain). Needs a finished `make run`; the `defect` side column is read here for evaluation only.
+raises the val loss; exact and near duplicates, copies of clean pairs, land there too). All arms of a seed draw the
+same clean rows, the same noise and the same caption dropout, so they differ only by the kind's rows. Printed per
+kind: the val loss (own captions, fixed timesteps and noise) minus the clean arm's, relative to it, the mean and per
+seed, the mean minus the clean_subset control's; and the val caption sensitivity of each arm (how much of the val loss
+the captions explain). Needs a finished `make run`; the `defect` side column is read here for evaluation only.
 """
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def main() -> None:
     wide.insert(1, "vs subset", wide["mean"] - wide.loc["clean_subset", "mean"])
     wide["caption_sens_%"] = 100 * table.groupby("kind")["caption_sensitivity"].mean()
     pd.set_option("display.width", 200)
-    print(f"overrides: {args.set or 'none'}; {time.perf_counter() - start:.0f} s on {args.threads} thread(s); {args.steps} steps per arm, "
+    print(f"overrides: {args.set or 'none'}; {time.perf_counter() - start:.0f} s on {args.threads} thread(s); "
+          f"{args.steps} steps per arm, "
           f"{n_kind}/{batch} rows per batch from the kind; clean arm's val loss: "
           + ", ".join(f"seed {s} {v:.4f}" for s, v in clean.items()))
     print("val loss after fine-tuning with the kind, relative to the clean arm (%; > 0: the kind hurts val):")
