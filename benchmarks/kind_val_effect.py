@@ -6,15 +6,15 @@ on this proxy can learn to drop it.
     .venv/bin/python benchmarks/kind_val_effect.py [--data data] [--threads 2] [--seeds 0 1] [--steps 300] [--share 0.25]
         [--env openclipart] [--kinds text_banner corner_logo] [--set rater.proxy.space=pixels ...]
 
-From the rater's warm-up prior θ̂ (conf's proxy, warm-up steps and learning rate, trained on the whole pool), each arm
-fine-tunes a copy for --steps steps on batches of which a --share come from one kind's rows and the rest from clean
-pool rows; the `clean` arm takes every row from the clean rows, and the `clean_subset` arm draws its share from a
-fixed random set of clean rows as large as a kind (the control: a kind's few rows are seen many times, which alone
-raises the val loss; exact and near duplicates, copies of clean pairs, land there too). All arms of a seed draw the
-same clean rows, the same noise and the same caption dropout, so they differ only by the kind's rows. Printed per
-kind: the val loss (own captions, fixed timesteps and noise) minus the clean arm's, relative to it, the mean and per
-seed, the mean minus the clean_subset control's; and the val caption sensitivity of each arm (how much of the val loss
-the captions explain). Needs a finished `make run`; the `defect` side column is read here for evaluation only.
+From a warm-up prior trained as the rater's θ̂ is (conf's proxy, warm-up steps and learning rate, trained on the whole
+pool), each arm fine-tunes a copy for --steps steps on batches of which a --share come from one kind's rows and the
+rest from clean pool rows; the `clean` arm takes every row from the clean rows, and the `clean_subset` arm draws its
+share from a fixed random set of clean rows as large as a kind (the control: a kind's few rows are seen many times,
+which alone raises the val loss; exact and near duplicates, copies of clean pairs, land there too). All arms of a seed
+draw the same clean rows, the same noise and the same caption dropout, so they differ only by the kind's rows. Printed
+per kind: the val loss (own captions, fixed timesteps and noise) minus the clean arm's, relative to it, the mean and
+per seed, the mean minus the clean_subset control's; and the val caption sensitivity of each arm (how much of the val
+loss the captions explain). Needs a finished `make run`; the `defect` side column is read here for evaluation only.
 """
 from __future__ import annotations
 
@@ -28,25 +28,14 @@ import pandas as pd
 import torch
 import yaml
 
-from alchemist_kedro.models.proxy import ProxyConfig, build_proxy, generator_for, per_sample_loss, training_loss
+from alchemist_kedro.models.proxy import ProxyConfig, build_proxy, per_sample_loss
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs
 from alchemist_kedro.training.diagnostics import caption_sensitivity
 import rater_signals  # benchmarks/
 from rater_signals import at, partitions, pool_defects, set_dotted
+from reference_signals import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def fit(model, rows_for_step, steps: int, lr: float, seed: int, tag: str):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    for step in range(steps):
-        batch = rows_for_step(step)
-        loss = training_loss(model, batch.images, batch.tokens, batch.mask, generator_for(seed, tag, step)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-        opt.step()
-    return model.eval()
 
 
 def val_loss(model, val, k: int = 8) -> float:

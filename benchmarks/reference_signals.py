@@ -34,22 +34,28 @@ from rater_signals import partitions, pool_defects, print_report  # benchmarks/
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_prior(config: ProxyConfig, stats: Split, train: Split, steps: int, batch: int, lr: float, seed: int,
-                weight_decay: float = 0.0):
-    """The prior trained on `train` only, standardised with `stats` (the pool) so every prior reads the same space."""
-    torch.manual_seed(seed)
-    model = build_proxy(config, stats.images, tokens=stats.tokens, mask=stats.mask)
+def fit(model, rows_for_step, steps: int, lr: float, seed: int, tag: str, weight_decay: float = 0.0):
+    """`steps` plain training steps (AdamW, clip 2.0), the batch of step k from rows_for_step(k), noise seeded by
+    (seed, tag, k); the model in eval mode after."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
     for step in range(steps):
-        idx = torch.as_tensor(rng.choice(len(train), size=min(batch, len(train)), replace=False))
-        rows = train.rows(idx)
-        loss = training_loss(model, rows.images, rows.tokens, rows.mask, generator_for(seed, "exp", step)).mean()
+        rows = rows_for_step(step)
+        loss = training_loss(model, rows.images, rows.tokens, rows.mask, generator_for(seed, tag, step)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
     return model.eval()
+
+
+def train_prior(config: ProxyConfig, stats: Split, train: Split, steps: int, batch: int, lr: float, seed: int,
+                weight_decay: float = 0.0):
+    """The prior trained on `train` only, standardised with `stats` (the pool) so every prior reads the same space."""
+    torch.manual_seed(seed)
+    model = build_proxy(config, stats.images, tokens=stats.tokens, mask=stats.mask)
+    rng = np.random.default_rng(seed)
+    draw = lambda step: train.rows(torch.as_tensor(rng.choice(len(train), size=min(batch, len(train)), replace=False)))
+    return fit(model, draw, steps, lr, seed, "exp", weight_decay)
 
 
 def losses(model, rows: Split, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +131,8 @@ def main() -> None:
         cf_own[fold == f], cf_null[fold == f] = o, n
         cf_infl[fold == f] = val_alignment(model, pool.rows(np.flatnonzero(fold == f)), val)
     signals["-L cross"], signals["gain cross"] = -cf_own, cf_null - cf_own
-    signals["log gain cross"] = np.log(cf_null) - np.log(cf_own)  # scale-free: the share of the loss the caption explains
+    # Scale-free: the share of the loss the caption explains.
+    signals["log gain cross"] = np.log(cf_null) - np.log(cf_own)
     signals["infl cross"] = cf_infl
     for steps in args.val_steps:
         model = train_prior(config, pool, val, steps, batch, lr, args.seed + 10, args.val_weight_decay)
