@@ -20,6 +20,7 @@ from alchemist_kedro.schemas import FEATURE_SCHEMA, QUARANTINE_SCHEMA, SAMPLE_SC
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENS, TOKEN_DIM, IMAGE_DIM, TEXT_DIM = 4, 32, 12, 6
+PATCH_CELLS = 2  # patch_emb: cells of conf's rater.model.patch_cell_dim (128)
 DEFECTS = ("blank", "noise", "blur")
 
 
@@ -51,7 +52,8 @@ def write_data(project: Path, n_pool: int = 48, n_val: int = 12, n_test: int = 6
         features.append({"uid": uid, "image_emb": rng.normal(size=IMAGE_DIM).astype(np.float32),
                          "text_emb": rng.normal(size=TEXT_DIM).astype(np.float32),
                          "text_tokens": rng.normal(size=TOKENS * TOKEN_DIM).astype(np.float32),
-                         "text_mask": np.array([1, 1, 1, 0], np.int8), "fingerprint": "fp",
+                         "text_mask": np.array([1, 1, 1, 0], np.int8),
+                         "patch_emb": rng.normal(size=PATCH_CELLS * 128).astype(np.float32), "fingerprint": "fp",
                          "source_digest": row_digests([samples[-1]["sha256"]], [samples[-1]["caption"]])[0]})
     samples, features = pd.DataFrame(samples), pd.DataFrame(features)
     for folder in ("03_primary/samples", "04_feature/features"):

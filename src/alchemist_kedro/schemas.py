@@ -80,6 +80,9 @@ FEATURE_SCHEMA = pa.schema(
         ("text_emb", pa.list_(pa.float32())),
         ("text_tokens", pa.list_(pa.float32())),
         ("text_mask", pa.list_(pa.int8())),
+        # Local image descriptors (encoders' embed_with_patches: Open-NSFW patch_grid² cells × patch_dim, row-major),
+        # empty when the image encoder gives none. Read by the rater's patch_inputs.
+        ("patch_emb", pa.list_(pa.float32())),
         # "<image encoder>@<weights sha256[:16]>|<text encoder>@<weights sha256[:16]>|<settings hash>":
         # a shard is recomputed only when this changes.
         ("fingerprint", pa.string()),

@@ -69,13 +69,17 @@ def bounded_rows(partitions: Mapping[str, Any], columns: Sequence[str], keep: Ca
     return kept, seen
 
 
-def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """(N, F) float32 image_emb ⊕ text_emb of a FEATURE_SCHEMA frame: the rater's input (ScoreBatch.features)."""
+def feature_matrix(frame: pd.DataFrame, patches: bool = False) -> np.ndarray:
+    """(N, F) float32 image_emb ⊕ text_emb of a FEATURE_SCHEMA frame: the rater's input (ScoreBatch.features);
+    `patches`: ⊕ patch_emb too (a rater with patch_inputs)."""
     if not len(frame):
         return np.zeros((0, 0), dtype=np.float32)
-    image = np.stack([np.asarray(value, dtype=np.float32) for value in frame["image_emb"]])
-    text = np.stack([np.asarray(value, dtype=np.float32) for value in frame["text_emb"]])
-    return np.concatenate([image, text], axis=1)
+    columns = ["image_emb", "text_emb"] + (["patch_emb"] if patches else [])
+    if patches and ("patch_emb" not in frame.columns or not len(frame["patch_emb"].iloc[0])):
+        raise ValueError("this rater reads patch descriptors but the features have none: set "
+                         "features.image_encoder.patch_grid > 0 and rerun the features pipeline")
+    return np.concatenate([np.stack([np.asarray(value, dtype=np.float32) for value in frame[column]])
+                           for column in columns], axis=1)
 
 
 def vector_column(frame: pd.DataFrame, column: str) -> np.ndarray:

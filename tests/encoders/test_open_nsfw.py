@@ -85,3 +85,33 @@ def test_registry_builds_it_and_rejects_unknown_settings():
         get_image_encoder("open_nsfw", treads=2)
     with pytest.raises(FileNotFoundError, match="ONNX model not found"):
         get_image_encoder("open_nsfw", model_path="/nonexistent/model.onnx")
+
+
+@pytest.fixture(scope="module")
+def patch_encoder():
+    return OpenNSFWEncoder(batch_size=3, threads=2, patch_grid=4, patch_dim=32)
+
+
+def test_patch_descriptors_come_from_the_same_pass_and_change_the_fingerprint(encoder, patch_encoder, images):
+    embeddings, patches = patch_encoder.embed_with_patches(images)
+    assert patches.shape == (4, 4 * 4 * 32) and patches.dtype == np.float32 and np.isfinite(patches).all()
+    np.testing.assert_array_equal(embeddings, encoder.embed_images(images))  # the pooled feature is unchanged
+    np.testing.assert_array_equal(patches, patch_encoder.embed_with_patches(images)[1])
+    assert patch_encoder.fingerprint != encoder.fingerprint  # cached features without patches are recomputed
+    with pytest.raises(ValueError, match="patch_grid 0"):
+        encoder.embed_with_patches(images)
+
+
+def test_an_overlay_changes_the_cells_it_covers_more_than_the_others(patch_encoder):
+    from PIL import ImageDraw
+
+    clean = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(clean).ellipse([8, 8, 56, 56], fill=(220, 30, 30))
+    banner = clean.copy()
+    ImageDraw.Draw(banner).rectangle([0, 0, 63, 12], fill=(0, 0, 0))
+    ImageDraw.Draw(banner).text((2, 1), "SALE 50%", fill=(255, 255, 255))
+    _, patches = patch_encoder.embed_with_patches([np.asarray(clean), np.asarray(banner)])
+    cells = patches.reshape(2, 4, 4, 32)
+    cosine = (cells[0] * cells[1]).sum(-1) / np.linalg.norm(cells[0], axis=-1) / np.linalg.norm(cells[1], axis=-1)
+    # The banner covers the top row of cells: those move most, the bottom row least.
+    assert cosine[0].mean() < cosine[3].mean() - 0.05, cosine.round(3)

@@ -137,18 +137,18 @@ def test_trained_embedding_prior_reads_the_caption():
 
 def test_rater_weights_single_softmax_times_batch_weight():
     torch.manual_seed(0)
-    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
+    rater = Rater(RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
     f = torch.randn(5, 10)
     logits, w_inst, w_b, w = rater(f)
     assert torch.allclose(w_inst, torch.softmax(logits, 0))
     assert torch.allclose(w.sum(), w_b) and 0 < float(w_b) < 1
-    no_group = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=False)))
+    no_group = Rater(RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=False)))
     assert float(no_group(f)[2]) == 1.0
 
 
 def test_scores_are_batch_independent():
     torch.manual_seed(0)
-    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
+    rater = Rater(RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10, hidden_dim=8, group_hidden_dim=4, use_group=True)))
     f = torch.randn(50, 10) * 3 + 1
     rater.set_standardisation(f)
     full = score_with_rater(rater, f.numpy())
@@ -159,7 +159,7 @@ def test_scores_are_batch_independent():
 
 def _reference_rater(k=1, max_rows=64):
     return Rater(RaterConfig(**base_params(
-        "rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=False, interaction_rank=0,
+        "rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=False, interaction_rank=0,
         reference_inputs=True, reference_k=k, reference_max_rows=max_rows, text_dim=4, feature_dim=10, hidden_dim=8,
         group_hidden_dim=4, use_group=True)))
 
@@ -197,3 +197,42 @@ def test_reference_inputs_keep_at_most_max_rows_and_refuse_an_empty_reference():
     assert int(rater.reference_rows) == 5 and rater.reference_text.shape == (5, 4)
     with pytest.raises(ValueError, match="at least reference_k"):
         _reference_rater(k=3).attach_reference(torch.randn(2, 10))
+
+
+def _patch_rater(bank=64, cells=3, cell_dim=4, **model):
+    return Rater(RaterConfig(**base_params(
+        "rater.model", **{"alignment_feature": False, "proxy_features": False, "embedding_inputs": False,
+                          "interaction_rank": 0, "reference_inputs": False, "patch_inputs": True,
+                          "patch_cell_dim": cell_dim, "patch_bank_size": bank, "text_dim": 4,
+                          "feature_dim": 10 + cells * cell_dim, "patch_dim": cells * cell_dim, "hidden_dim": 8,
+                          "group_hidden_dim": 4, "use_group": True, **model})))
+
+
+def test_patch_inputs_score_the_worst_cell_against_the_clean_val_patches():
+    rng = np.random.default_rng(0)
+    base = torch.tensor(rng.normal(size=(8, 10)), dtype=torch.float32)
+    clean_cells = torch.tensor([1.0, 0.2, 0.0, 0.0]) + 0.05 * torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0))
+    val = torch.cat([base, clean_cells.reshape(8, -1)], dim=1)
+    rater = _patch_rater()
+    rater.attach_patch_bank(val)
+    assert int(rater.patch_bank_rows) == 24  # 8 images × 3 cells, under the bank size
+    like_val = val[:2].clone()
+    one_odd_cell = val[:2].clone()
+    one_odd_cell[:, 10 + 4:10 + 8] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # the middle cell shows something else
+    anomaly_like, anomaly_odd = rater.patch_values(like_val)[:, 0], rater.patch_values(one_odd_cell)[:, 0]
+    assert (anomaly_like < 1e-5).all() and (anomaly_odd > 0.5).all(), (anomaly_like, anomaly_odd)
+    # The input is this one value (nothing else configured), the patches never reach the MLP themselves, and the bank
+    # travels with the weights.
+    assert rater.inputs(one_odd_cell).shape == (2, 1)
+    loaded = rater_from_artifact(rater_to_artifact(rater))
+    np.testing.assert_allclose(loaded.inputs(one_odd_cell).numpy(), rater.inputs(one_odd_cell).numpy())
+
+
+def test_patch_inputs_keep_at_most_the_bank_size_and_refuse_features_without_patches():
+    rater = _patch_rater(bank=5)
+    with pytest.raises(ValueError, match="attach_patch_bank"):
+        rater.patch_values(torch.randn(1, 22))
+    rater.attach_patch_bank(torch.randn(20, 22))
+    assert int(rater.patch_bank_rows) == 5
+    with pytest.raises(ValueError, match="patch_grid > 0"):
+        _patch_rater(cells=0)

@@ -62,7 +62,8 @@ def test_pyfunc_rater_scores_features_exactly_as_the_select_pipeline(recorded):
         logged = client.get_logged_model(output.model_id)
     finally:
         mlflow.set_tracking_uri(None)
-    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image_emb", "text_emb"]
+    # The shipped rater reads the patch descriptors too (rater.model.patch_inputs).
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image_emb", "text_emb", "patch_emb"]
     assert model.metadata.get_output_schema().input_names() == ["score"]
 
     # Shard by shard, as select scores: a row's logit is batch-independent only up to float32 rounding (BLAS
@@ -72,7 +73,7 @@ def test_pyfunc_rater_scores_features_exactly_as_the_select_pipeline(recorded):
     assert len(shards) == 2
     for shard in shards:
         features = pd.read_parquet(shard)
-        scored = model.predict(features[["image_emb", "text_emb"]])
+        scored = model.predict(features[["image_emb", "text_emb", "patch_emb"]])
         np.testing.assert_array_equal(scored["score"].to_numpy(), select_scores.loc[features["uid"], "raw_score"])
 
     artifact = TorchSafetensorsDataset(filepath=str(project / "data/06_models/rater.safetensors")).load()

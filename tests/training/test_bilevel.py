@@ -28,7 +28,7 @@ class Killed(Exception):
 @pytest.fixture(scope="module")
 def trained():
     data, defects = make_data(n_pool=256, n_val=64, seed=0)
-    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=64, group_hidden_dim=32, use_group=True))
+    rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=64, group_hidden_dim=32, use_group=True))
     config = BilevelConfig(**base_params("rater.training", warmup_steps=40, meta_steps=40, batch_size=32, val_batch_size=16, proxy_lr=1e-3,
                            rater_lr=1e-3, rater_group_lr=1e-4, ul_epoch_steps=8, trace_every=1000, probe_size=4))
     result = train_rater_bilevel(data, tiny_proxy_config(), rater_config, config)
@@ -61,7 +61,7 @@ def test_batch_weight_moves_but_does_not_collapse_or_saturate(trained):
 
 def _small_run(tmp_path=None, on_step=None, mode="eq6", seed=0):
     data, _ = make_data(n_pool=48, n_val=16, seed=1)
-    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True))
+    rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True))
     config = BilevelConfig(**base_params("rater.training", mode=mode, warmup_steps=3, meta_steps=6, batch_size=8, val_batch_size=4, proxy_lr=1e-3,
                            ul_start=0.9, ul_epoch_steps=2, ul_step_per_epoch=0.1, checkpoint_every=2, trace_every=3,
                            probe_size=3, seed=seed))
@@ -105,7 +105,7 @@ def test_embedding_prior_eq6_rater_ranks_wrong_captions_below_clean_and_an_untra
     image_dim = data["pool_features"].shape[1] - 32  # the fixture's features: toy image statistics ⊕ caption (32)
     data = {**data, "pool_images": data["pool_features"][:, :image_dim].clone(),
             "val_images": data["val_features"][:, :image_dim].clone()}
-    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, text_dim=32, feature_dim=data["pool_features"].shape[1],
+    rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, text_dim=32, feature_dim=data["pool_features"].shape[1],
                                              hidden_dim=64, group_hidden_dim=32, interaction_rank=8))
     config = BilevelConfig(**base_params("rater.training", mode="eq6", warmup_steps=300, meta_steps=600, batch_size=32,
                                          val_batch_size=16, proxy_lr=1e-3, rater_lr=1e-3, rater_group_lr=1e-4,
@@ -142,7 +142,7 @@ def test_default_rater_on_the_prior_s_inputs_ranks_wrong_captions_below_clean_an
                       f"{split}_mask": torch.ones(len(feats), 1, dtype=torch.int64)}
     data = {**data, **one_token}
     proxy = tiny_proxy_config(space="embedding", prior_hidden_dim=128, prior_blocks=2)
-    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, text_dim=32,
+    rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, text_dim=32,
                                              feature_dim=data["pool_features"].shape[1], hidden_dim=64,
                                              group_hidden_dim=32, proxy_config=asdict(proxy)))
     assert rater_config.proxy_features and not rater_config.embedding_inputs  # what conf/base ships
@@ -185,13 +185,13 @@ def test_default_rater_on_the_prior_s_inputs_ranks_wrong_captions_below_clean_an
 def test_rater_config_refuses_derived_inputs_it_cannot_compute():
     base = dict(alignment_feature=False, text_dim=32, feature_dim=64, hidden_dim=8, group_hidden_dim=4)
     with pytest.raises(ValueError, match="embedding-space proxy"):
-        Rater(RaterConfig(**base_params("rater.model", **base, proxy_config=asdict(tiny_proxy_config()))))
+        Rater(RaterConfig(**base_params("rater.model", patch_inputs=False, **base, proxy_config=asdict(tiny_proxy_config()))))
     with pytest.raises(ValueError, match="derived inputs"):
-        Rater(RaterConfig(**base_params("rater.model", **base, proxy_features=False)))
+        Rater(RaterConfig(**base_params("rater.model", patch_inputs=False, **base, proxy_features=False)))
 
 
 def test_a_rater_artifact_written_before_the_derived_inputs_still_loads():
-    rater = Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False,
+    rater = Rater(RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False,
                                             embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=10,
                                             hidden_dim=8, group_hidden_dim=4)))
     artifact = rater_to_artifact(rater)
@@ -233,7 +233,7 @@ def test_cross_fitted_proxy_inputs_read_each_row_with_a_prior_that_never_trained
     proxy = tiny_proxy_config(space="embedding", prior_hidden_dim=128, prior_blocks=2, caption_dropout=0.3)
     gains = {}
     for folds in (1, 2):
-        rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, text_dim=8, feature_dim=24,
+        rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, text_dim=8, feature_dim=24,
                                                  hidden_dim=8, group_hidden_dim=4, proxy_folds=folds,
                                                  proxy_config=asdict(proxy)))
         config = BilevelConfig(**base_params("rater.training", warmup_steps=400, meta_steps=1, batch_size=32,
@@ -257,7 +257,7 @@ def test_with_fold_priors_the_signal_s_caption_gain_is_the_held_out_one():
 
     data = RaterData.from_mapping(_random_pairs(n_pool=40, n_val=8))
     proxy = tiny_proxy_config(space="embedding", prior_hidden_dim=16, prior_blocks=1)
-    rater_config = RaterConfig(**base_params("rater.model", alignment_feature=False, text_dim=8, feature_dim=24,
+    rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, text_dim=8, feature_dim=24,
                                              hidden_dim=8, group_hidden_dim=4, proxy_folds=2,
                                              proxy_config=asdict(proxy)))
     config = BilevelConfig(**base_params("rater.training", mode="eq9", caption_gain_weight=1.0, num_loss_timesteps=2))

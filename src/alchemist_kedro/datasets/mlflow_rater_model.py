@@ -24,6 +24,7 @@ class RaterMlflowModelDataset(MlflowModelTrackingDataset):
             return
         self.model_info = log_rater_model(
             {"state_dict": model["state_dict"], "config": model["config"]},
-            image_dim=model["image_emb_dim"], text_dim=model["text_emb_dim"], **self._save_args,
+            image_dim=model["image_emb_dim"], text_dim=model["text_emb_dim"],
+            patch_dim=model.get("patch_emb_dim", 0), **self._save_args,
         )
         self._last_saved_model_uri = self.model_info.model_uri

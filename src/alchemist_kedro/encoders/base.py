@@ -69,6 +69,7 @@ class ImageEncoder(ABC):
 
     name: str
     dim: int
+    patches_dim: int = 0  # > 0: embed_with_patches also gives local descriptors (features' patch_emb)
 
     @property
     @abstractmethod
@@ -76,6 +77,10 @@ class ImageEncoder(ABC):
 
     @abstractmethod
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+    def embed_with_patches(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, (N, patches_dim) local patch descriptors), one pass; only encoders with patches_dim > 0."""
+        raise ValueError(f"image encoder {self.name!r} has no patch descriptors")
 
 
 class TextEncoder(ABC):

@@ -54,6 +54,16 @@ class RaterConfig:
     # embedded pool (benchmarks/reference_signals.py): the caption gain's ROC-AUC on caption defects 0.73-0.87
     # (trained on the row) → 0.82-0.94 (cross-fitted), a 50% top-k by it alone 21.0% → 17.8% defective.
     proxy_folds: int = 1
+    # True: one more input, the pair's local image anomaly against the clean val images (PatchCore, Roth et al.
+    # 2022): for each of the image's patch cells (features' patch_emb, the last patch_dim features, cells of
+    # patch_cell_dim), its cosine to the nearest of patch_bank_size val patches (a seeded sample, stored with the
+    # weights); the input is 1 − the worst cell's. The pooled image_emb averages away what covers part of an image
+    # (overlaid text, logos, watermarks); a local cell unlike any clean patch does not. The meta-gradient decides
+    # its weight, as for every derived input.
+    patch_inputs: bool = False
+    patch_dim: int = 0  # width of the patch part of the features (from the data; 0 = none)
+    patch_cell_dim: int = 128
+    patch_bank_size: int = 2048
     alignment_config: dict | None = None  # the projection's AlignmentConfig (from its artifact, not from conf)
     proxy_config: dict | None = None  # the proxy's ProxyConfig (from training, not from conf)
 
@@ -62,6 +72,9 @@ class Rater(nn.Module):
     def __init__(self, config: RaterConfig):
         super().__init__()
         self.config = config
+        # Feature layout: image_emb | text_emb | patch_emb (the last only when the data carries patches).
+        self.base_dim = config.feature_dim - config.patch_dim
+        self.image_dim = self.base_dim - config.text_dim
         self.alignment = None
         if config.alignment_feature:
             if config.alignment_config is None:
@@ -77,7 +90,7 @@ class Rater(nn.Module):
                 raise ValueError("rater.model.proxy_features reads an embedding-space proxy: set rater.proxy.space=embedding, "
                                  "or proxy_features=false with embedding_inputs=true for the pixel proxy")
             proxy_config = ProxyConfig(**config.proxy_config)
-            image_dim = config.feature_dim - config.text_dim
+            image_dim = self.image_dim
             self.proxy = EmbeddingProxy(proxy_config, image_dim, caption_dim=config.text_dim).requires_grad_(False)
             if config.proxy_folds < 1:
                 raise ValueError(f"rater.model.proxy_folds must be >= 1, got {config.proxy_folds}")
@@ -92,18 +105,25 @@ class Rater(nn.Module):
         if config.reference_inputs:
             if config.text_dim < 1:
                 raise ValueError("rater.model.reference_inputs compares text_emb with the val captions: text_dim must be > 0")
-            image_dim = config.feature_dim - config.text_dim
+            image_dim = self.image_dim
             rows = int(config.reference_max_rows)
             self.register_buffer("reference_image", torch.zeros(rows, image_dim))
             self.register_buffer("reference_text", torch.zeros(rows, config.text_dim))
             self.register_buffer("reference_rows", torch.zeros((), dtype=torch.int64))
+        if config.patch_inputs:
+            if config.patch_dim < 1 or config.patch_cell_dim < 1 or config.patch_dim % config.patch_cell_dim:
+                raise ValueError(f"rater.model.patch_inputs needs features with patch_emb (features.image_encoder."
+                                 f"patch_grid > 0) whose width ({config.patch_dim}) is a multiple of patch_cell_dim "
+                                 f"({config.patch_cell_dim}, = features.image_encoder.patch_dim)")
+            self.register_buffer("patch_bank", torch.zeros(int(config.patch_bank_size), config.patch_cell_dim))
+            self.register_buffer("patch_bank_rows", torch.zeros((), dtype=torch.int64))
         derived = ((1 if self.alignment is not None else 0) + (2 if self.proxy is not None else 0)
-                   + (2 if config.reference_inputs else 0))
+                   + (2 if config.reference_inputs else 0) + (1 if config.patch_inputs else 0))
         if not config.embedding_inputs and (derived == 0 or config.interaction_rank > 0):
             raise ValueError("embedding_inputs=false leaves the rater only its derived inputs: it needs "
                              "alignment_feature or proxy_features, and interaction_rank 0 (the interaction reads the "
                              "embeddings)")
-        d = (config.feature_dim if config.embedding_inputs else 0) + derived
+        d = (self.base_dim if config.embedding_inputs else 0) + derived
         # Standardisation is fixed (computed once on the pool, stored with the weights), not per batch: the
         # instance logit is the corpus-wide ranking key, so it must not depend on which batch a sample sits in.
         self.register_buffer("feature_mean", torch.zeros(d))
@@ -117,7 +137,7 @@ class Rater(nn.Module):
         )
         self.interaction = None
         if config.interaction_rank > 0:
-            image_dim = config.feature_dim - config.text_dim
+            image_dim = self.image_dim
             self.interaction = nn.ModuleDict({
                 "image": nn.Linear(image_dim, config.interaction_rank, bias=False),
                 "text": nn.Linear(config.text_dim, config.interaction_rank, bias=False),
@@ -181,12 +201,45 @@ class Rater(nn.Module):
                              f"got {len(val_features)}")
         rows = min(len(val_features), int(self.config.reference_max_rows))
         pick = torch.randperm(len(val_features), generator=torch.Generator().manual_seed(seed))[:rows].sort().values
-        split = self.config.feature_dim - self.config.text_dim
+        split = self.image_dim
         chosen = val_features[pick.to(val_features.device)].float()
         self.reference_image.zero_(), self.reference_text.zero_()
         self.reference_image[:rows] = nn.functional.normalize(chosen[:, :split], dim=1)
-        self.reference_text[:rows] = nn.functional.normalize(chosen[:, split:], dim=1)
+        self.reference_text[:rows] = nn.functional.normalize(chosen[:, split:self.base_dim], dim=1)
         self.reference_rows.fill_(rows)
+
+    def _cells(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) → (N, cells, patch_cell_dim) unit-norm patch descriptors."""
+        patches = features[..., self.base_dim:].float()
+        return nn.functional.normalize(patches.reshape(len(patches), -1, self.config.patch_cell_dim), dim=-1)
+
+    @torch.no_grad()
+    def attach_patch_bank(self, val_features: torch.Tensor, seed: int = 0) -> None:
+        """Store a seeded sample of at most patch_bank_size of the val images' patch cells (the clean reference)."""
+        if not self.config.patch_inputs:
+            raise ValueError("this rater was built without patch_inputs")
+        cells = self._cells(val_features).reshape(-1, self.config.patch_cell_dim)
+        if len(cells) == 0:
+            raise ValueError("patch_inputs needs val pairs with patch descriptors, got none")
+        rows = min(len(cells), int(self.config.patch_bank_size))
+        pick = torch.randperm(len(cells), generator=torch.Generator().manual_seed(seed))[:rows].sort().values
+        self.patch_bank.zero_()
+        self.patch_bank[:rows] = cells[pick.to(cells.device)]
+        self.patch_bank_rows.fill_(rows)
+
+    @torch.no_grad()
+    def patch_values(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, 1): 1 − the lowest over the image's cells of the cosine to the nearest clean val patch."""
+        rows = int(self.patch_bank_rows)
+        if rows < 1:
+            raise ValueError("the rater's patch bank is empty: attach_patch_bank(val features) before use")
+        bank = self.patch_bank[:rows]
+        out = []
+        for start in range(0, len(features), 1024):  # bounded (chunk · cells × bank) similarity matrices
+            cells = self._cells(features[start:start + 1024])
+            nearest = (cells @ bank.T).amax(-1)  # (n, cells)
+            out.append(1 - nearest.amin(-1, keepdim=True))
+        return torch.cat(out) if out else torch.zeros((0, 1), device=features.device)
 
     @torch.no_grad()
     def reference_values(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -209,18 +262,22 @@ class Rater(nn.Module):
 
     def inputs(self, features: torch.Tensor) -> torch.Tensor:
         """image_emb ⊕ text_emb, plus the alignment cosine and the proxy's two values when the rater has them."""
-        if self.alignment is None and self.proxy is None and not self.config.reference_inputs:
-            return features
-        split = self.config.feature_dim - self.config.text_dim
-        parts = [features] if self.config.embedding_inputs else []
+        base, split = self.base_dim, self.image_dim
+        if (self.alignment is None and self.proxy is None and not self.config.reference_inputs
+                and not self.config.patch_inputs):
+            return features[..., :base]
+        image, text = features[..., :split], features[..., split:base]
+        parts = [features[..., :base]] if self.config.embedding_inputs else []
         with torch.no_grad():
             if self.alignment is not None:
-                parts.append(self.alignment.eval()(features[..., :split], features[..., split:]).unsqueeze(-1))
+                parts.append(self.alignment.eval()(image, text).unsqueeze(-1))
             if self.proxy is not None:
-                folds = fold_of(features, self.config.proxy_folds) if self.config.proxy_folds > 1 else None
-                parts.append(self.proxy_inputs(features[..., :split], features[..., split:], folds).to(features.dtype))
+                folds = fold_of(features[..., :base], self.config.proxy_folds) if self.config.proxy_folds > 1 else None
+                parts.append(self.proxy_inputs(image, text, folds).to(features.dtype))
             if self.config.reference_inputs:
-                parts.append(self.reference_values(features[..., :split], features[..., split:]).to(features.dtype))
+                parts.append(self.reference_values(image, text).to(features.dtype))
+            if self.config.patch_inputs:
+                parts.append(self.patch_values(features).to(features.dtype))
         return torch.cat(parts, dim=-1)
 
     @torch.no_grad()
@@ -237,7 +294,7 @@ class Rater(nn.Module):
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
         logits = self.instance_mlp(f).squeeze(-1)
         if self.interaction is not None:
-            split = self.config.feature_dim - self.config.text_dim
+            split = self.image_dim
             image = self.interaction["image"](f[..., :split])
             text = self.interaction["text"](f[..., split:split + self.config.text_dim])
             logits = logits + (image * text).sum(-1) / self.config.interaction_rank**0.5
@@ -304,7 +361,8 @@ def rater_from_artifact(artifact: dict) -> Rater:
     # inputs, the embeddings in.
     config = {"text_dim": 0, "interaction_rank": 0, "alignment_feature": False, "proxy_features": False,
               "proxy_feature_timesteps": 4, "embedding_inputs": True, "reference_inputs": False, "reference_k": 10,
-              "reference_max_rows": 4096, "proxy_folds": 1, **artifact["config"]}
+              "reference_max_rows": 4096, "proxy_folds": 1, "patch_inputs": False, "patch_dim": 0,
+              **artifact["config"]}
     rater = Rater(RaterConfig(**config))
     rater.load_state_dict(artifact["state_dict"])
     rater.eval()

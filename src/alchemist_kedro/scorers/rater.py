@@ -26,6 +26,8 @@ class RaterScorer(ArtifactScorer):
         self.params["device"] = device
         self.device = resolve_device(device, stage="rater scoring")
         self.model = rater_from_artifact(artifact).to(self.device)
+        # ScoreBatch.features then carries patch_emb after image_emb ⊕ text_emb (tables.feature_matrix(patches=True)).
+        self.reads_patches = self.model.config.patch_dim > 0
 
     def score_batch(self, batch: ScoreBatch) -> np.ndarray:
         self.check_batch(batch)

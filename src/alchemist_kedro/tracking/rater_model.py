@@ -27,21 +27,22 @@ CONFIG_KEY = "config_json"
 FEATURE_COLUMNS = ("image_emb", "text_emb")
 
 
-def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """(N, F) float32 image_emb ⊕ text_emb (FEATURE_SCHEMA's columns), the rater's input, as select builds it."""
-    missing = [c for c in FEATURE_COLUMNS if c not in frame.columns]
+def feature_matrix(frame: pd.DataFrame, columns: tuple[str, ...] = FEATURE_COLUMNS) -> np.ndarray:
+    """(N, F) float32 image_emb ⊕ text_emb [⊕ patch_emb] (FEATURE_SCHEMA's columns), the rater's input, as select
+    builds it."""
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"rater input lacks columns {missing}; it needs {list(FEATURE_COLUMNS)} (features table)")
+        raise ValueError(f"rater input lacks columns {missing}; it needs {list(columns)} (features table)")
     if not len(frame):
         return np.zeros((0, 0), dtype=np.float32)
-    image = np.stack(frame["image_emb"].map(lambda v: np.asarray(v, np.float32)).to_list())
-    text = np.stack(frame["text_emb"].map(lambda v: np.asarray(v, np.float32)).to_list())
-    return np.concatenate([image, text], axis=1)
+    return np.concatenate([np.stack(frame[c].map(lambda v: np.asarray(v, np.float32)).to_list()) for c in columns],
+                          axis=1)
 
 
-def rater_signature() -> ModelSignature:
+def rater_signature(patches: bool = False) -> ModelSignature:
     return ModelSignature(
-        inputs=Schema([ColSpec(Array(DataType.float), name) for name in FEATURE_COLUMNS]),
+        inputs=Schema([ColSpec(Array(DataType.float), name)
+                       for name in FEATURE_COLUMNS + (("patch_emb",) if patches else ())]),
         outputs=Schema([ColSpec(DataType.double, "score")]),
     )
 
@@ -65,7 +66,8 @@ class RaterPyfunc(PythonModel):
         from alchemist_kedro.scorers.rater import RaterScorer
 
         config = context.model_config or {}
-        self.layout = {c: config.get(f"{c}_dim") for c in FEATURE_COLUMNS}
+        columns = FEATURE_COLUMNS + (("patch_emb",) if config.get("patch_emb_dim") else ())
+        self.layout = {c: config.get(f"{c}_dim") for c in columns}
         self.scorer = RaterScorer(read_rater_file(context.artifacts["rater"]),
                                   batch_size=int(config.get("batch_size", 4096)))
 
@@ -77,7 +79,7 @@ class RaterPyfunc(PythonModel):
             widths = set(frame[column].map(len)) if len(frame) else set()
             if dim is not None and widths - {dim}:
                 raise ValueError(f"{column} has widths {sorted(widths)}; this rater was trained on {dim}")
-        features = feature_matrix(frame)
+        features = feature_matrix(frame, tuple(self.layout))
         uids = [str(i) for i in range(len(frame))]
         scores = self.scorer.score_batch(ScoreBatch(uids=uids, features=features)) if len(frame) else np.zeros(0)
         return pd.DataFrame({"score": np.asarray(scores, dtype=np.float64)}, index=frame.index)
@@ -90,7 +92,7 @@ def _requirements() -> list[str]:
 
 
 def log_rater_model(artifact: dict, image_dim: int, text_dim: int, name: str = "rater",
-                    batch_size: int = 4096) -> mlflow.models.model.ModelInfo:
+                    batch_size: int = 4096, patch_dim: int = 0) -> mlflow.models.model.ModelInfo:
     """Log `artifact` ({"state_dict", "config"}) to the active run as pyfunc model `name`.
 
     Its config, weights digest and scorer version are model tags (and run tags, for the runs table).
@@ -108,8 +110,8 @@ def log_rater_model(artifact: dict, image_dim: int, text_dim: int, name: str = "
             python_model=str(ENTRY_POINT),
             artifacts={"rater": str(path)},
             model_config={"image_emb_dim": int(image_dim), "text_emb_dim": int(text_dim),
-                          "batch_size": int(batch_size)},
-            signature=rater_signature(),
+                          **({"patch_emb_dim": int(patch_dim)} if patch_dim else {}), "batch_size": int(batch_size)},
+            signature=rater_signature(bool(patch_dim)),
             pip_requirements=_requirements(),
             tags=tags,
         )

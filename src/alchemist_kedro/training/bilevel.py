@@ -129,10 +129,11 @@ class RaterData:
 
     pool: Split
     val: Split
-    pool_features: torch.Tensor  # (N_pool, F) image_emb ⊕ text_emb
-    text_dim: int = 0  # how many of the F features are text_emb (the last ones)
+    pool_features: torch.Tensor  # (N_pool, F) image_emb ⊕ text_emb [⊕ patch_emb]
+    text_dim: int = 0  # how many of the F features are text_emb (after image_emb)
     missing_features: int = 0  # samples left out for want of features (reported, not an error)
-    val_features: torch.Tensor | None = None  # (N_val, F): the rater's reference pairs (reference_inputs)
+    val_features: torch.Tensor | None = None  # (N_val, F): the rater's reference pairs (reference / patch inputs)
+    patch_dim: int = 0  # how many of the F features are patch_emb (the last ones; rater.model.patch_inputs)
 
     @classmethod
     def from_mapping(cls, data) -> "RaterData":
@@ -145,7 +146,7 @@ class RaterData:
     def to(self, device) -> "RaterData":
         return RaterData(self.pool.to(device), self.val.to(device), self.pool_features.to(device), self.text_dim,
                          self.missing_features,
-                         None if self.val_features is None else self.val_features.to(device))
+                         None if self.val_features is None else self.val_features.to(device), self.patch_dim)
 
 
 @dataclass
@@ -228,6 +229,10 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
         if data.val_features is None:
             raise ValueError("rater.model.reference_inputs needs the val pairs' features (RaterData.val_features)")
         rater.attach_reference(data.val_features, seed=config.seed)
+    if rater_config.patch_inputs:
+        if data.val_features is None:
+            raise ValueError("rater.model.patch_inputs needs the val pairs' features (RaterData.val_features)")
+        rater.attach_patch_bank(data.val_features, seed=config.seed)
     rater.set_standardisation(data.pool_features)
     theta_hat.to(device), rater.to(device)  # before the optimisers take their parameters
     if getattr(theta_hat, "vae", None) is not None:  # held outside the module tree (frozen, not trained)
@@ -246,7 +251,7 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
     state = BilevelState(theta_hat, rater, _adamw(theta_hat.parameters(), config.proxy_lr, config), opt_rater)
     folds = rater_config.proxy_folds if rater.proxy is not None else 1
     if folds > 1:
-        state.pool_folds = fold_of(data.pool_features, folds).cpu()
+        state.pool_folds = fold_of(data.pool_features[:, :rater.base_dim], folds).cpu()
         for f in range(folds):
             rows = np.flatnonzero(state.pool_folds.numpy() != f)
             if len(rows) == 0:

@@ -32,7 +32,8 @@ def _tables(n_pool=24, n_val=8, n_test=4):
             feats.append({"uid": uid, "image_emb": rng.normal(size=12).astype(np.float32),
                           "text_emb": rng.normal(size=6).astype(np.float32),
                           "text_tokens": rng.normal(size=TOKENS * TOKEN_DIM).astype(np.float32),
-                          "text_mask": np.array([1, 1, 0, 0], np.int8), "fingerprint": "fp"})
+                          "text_mask": np.array([1, 1, 0, 0], np.int8),
+                          "patch_emb": rng.normal(size=2 * 128).astype(np.float32), "fingerprint": "fp"})
     samples, features = pd.DataFrame(rows), pd.DataFrame(feats)
     # PartitionedDataset hands nodes {partition: load callable}; two shards each.
     return ({"a": lambda: samples.iloc[:20], "b": lambda: samples.iloc[20:]},
@@ -70,7 +71,7 @@ def test_embedding_proxy_trains_on_the_cached_image_embeddings_without_decoding(
     artifact, metrics, _, trace = train_rater(out, None, params)
     assert "diagnostics/theta_hat/caption_sensitivity" in metrics and len(trace) > 0
     rater = rater_from_artifact(artifact)
-    assert rater.proxy is not None and rater.feature_mean.shape == (2,)
+    assert rater.proxy is not None and rater.feature_mean.shape == (3,)  # L̂, the gain, the patch anomaly
     f = out.pool_features.numpy()
     np.testing.assert_array_equal(score_with_rater(rater, f), score_with_rater(rater_from_artifact(artifact), f))
 
@@ -83,7 +84,7 @@ def test_build_inputs_joins_by_uid_decodes_and_drops_test(tmp_path):
     assert out.pool.images.shape == (23, 3, 16, 16)
     # u000 was filled with RGB (0, 40, 200) → [-1, 1] scale.
     np.testing.assert_allclose(out.pool.images[0, :, 0, 0].numpy(), np.array([0, 40, 200]) / 127.5 - 1, atol=1e-6)
-    assert out.pool.tokens.shape == (23, TOKENS, TOKEN_DIM) and out.pool_features.shape == (23, 18)
+    assert out.pool.tokens.shape == (23, TOKENS, TOKEN_DIM) and out.pool_features.shape == (23, 18 + 2 * 128)
 
 
 def test_train_node_outputs_and_model_round_trip(tmp_path):
@@ -116,12 +117,12 @@ def test_alignment_feature_travels_with_the_rater_artifact(tmp_path):
     inputs = build_rater_inputs(samples, features, params)
     artifact, *_ = train_rater(inputs, alignment, params)
     rater = rater_from_artifact(artifact)
-    assert rater.alignment is not None and rater.feature_mean.shape == (18 + 1,)
+    assert rater.alignment is not None and rater.feature_mean.shape == (18 + 1 + 1,)
     f = inputs.pool_features
-    cosine = rater.inputs(f)[:, -1]
+    cosine = rater.inputs(f)[:, 18]  # after image_emb ⊕ text_emb; the patch anomaly comes last
     from alchemist_kedro.models.alignment import alignment_from_artifact
 
-    expected = alignment_from_artifact(alignment)(f[:, :12], f[:, 12:])
+    expected = alignment_from_artifact(alignment)(f[:, :12], f[:, 12:18])
     torch.testing.assert_close(cosine, expected)
     np.testing.assert_array_equal(score_with_rater(rater, f.numpy()), score_with_rater(rater_from_artifact(artifact),
                                                                                           f.numpy()))
@@ -151,6 +152,7 @@ def _embedding_params(tmp_path, pool_sample):
     params = _params(tmp_path)
     params["proxy"]["space"] = "embedding"
     params["pool_sample"] = pool_sample
+    params["model"]["patch_inputs"] = False  # these corpora carry no patch_emb
     return params
 
 

@@ -17,7 +17,7 @@ IMAGE_DIM, TEXT_DIM = 6, 4
 
 def make_artifact(seed: int) -> dict:
     torch.manual_seed(seed)
-    return rater_to_artifact(Rater(RaterConfig(**base_params("rater.model", alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=IMAGE_DIM + TEXT_DIM, hidden_dim=8, group_hidden_dim=4, use_group=True))))
+    return rater_to_artifact(Rater(RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=IMAGE_DIM + TEXT_DIM, hidden_dim=8, group_hidden_dim=4, use_group=True))))
 
 
 def feature_shard(start: int, count: int) -> pd.DataFrame:

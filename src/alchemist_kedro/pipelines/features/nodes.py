@@ -25,7 +25,7 @@ from alchemist_kedro.shard_engine import engine_for, Part, ShardTask, row_keys, 
 logger = logging.getLogger(__name__)
 
 # Bump when the layout or meaning of the stored features changes: every cached shard is then recomputed.
-FEATURES_FORMAT_VERSION = 1
+FEATURES_FORMAT_VERSION = 2  # 2: patch_emb
 _REQUIRED_SAMPLE_COLUMNS = ("uid", "caption", "image")
 
 
@@ -92,11 +92,16 @@ def encode_shard(
     text_emb = np.zeros((count, text_encoder.dim), dtype=np.float32)
     tokens = np.zeros((count, max_tokens * text_encoder.token_dim), dtype=np.float32)
     mask = np.zeros((count, max_tokens), dtype=np.int8)
+    patches_dim = int(getattr(image_encoder, "patches_dim", 0))
+    patches = np.zeros((count, patches_dim), dtype=np.float32)
     with tqdm(total=count, desc=f"features {shard}", unit="sample", leave=False) as progress:
         for start in range(0, count, chunk_size):
             part = slice(start, min(start + chunk_size, count))
             decoded = [decode_image(shard, uid, data) for uid, data in zip(uids[part], images[part])]
-            image_emb[part] = image_encoder.embed_images(decoded)
+            if patches_dim:
+                image_emb[part], patches[part] = image_encoder.embed_with_patches(decoded)
+            else:
+                image_emb[part] = image_encoder.embed_images(decoded)
             embeddings, states, token_mask = text_encoder.encode(captions[part], max_tokens)
             text_emb[part] = embeddings
             tokens[part] = states.reshape(len(states), -1)  # row-major (max_tokens, token_dim), see FEATURE_SCHEMA
@@ -110,6 +115,7 @@ def encode_shard(
             "text_emb": pd.Series(list(text_emb), dtype=object),
             "text_tokens": pd.Series(list(tokens), dtype=object),
             "text_mask": pd.Series(list(mask), dtype=object),
+            "patch_emb": pd.Series(list(patches), dtype=object),
             "fingerprint": pd.Series([fingerprint] * count, dtype=object),
             "source_digest": pd.Series(source_digests(samples), dtype=object),
         }
@@ -177,6 +183,7 @@ def compute_features(
         "features.text_dim": text_encoder.dim,
         "features.token_dim": text_encoder.token_dim,
         "features.max_tokens": max_tokens,
+        "features.patch_dim": int(getattr(image_encoder, "patches_dim", 0)),
     }
     report = {
         "fingerprint": fingerprint,

@@ -51,7 +51,10 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
         logger.info("rater: training on a uniform sample of %d of the %d pool rows (rater.pool_sample)",
                     int(pool_sample), n_pool)
     uids = set(table["uid"])
-    feature_columns = ["uid", "image_emb", "text_emb"] if embedding_space else FEATURE_COLUMNS
+    patches = bool(params["model"].get("patch_inputs", False))
+    feature_columns = ["uid", "image_emb", "text_emb"] if embedding_space else list(FEATURE_COLUMNS)
+    if patches:
+        feature_columns.append("patch_emb")
     feats, _ = bounded_rows(features, feature_columns, keep=lambda f: f["uid"].isin(uids))
     joined, missing = join_samples_features(table, feats, sample_columns, feature_columns)
     splits = {}
@@ -71,9 +74,10 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
             images = decode_pngs(part["image"].tolist(), resolution)
         splits[split] = (Split(images, tokens, mask, part["uid"].tolist()), part)
     pool, pool_frame = splits["pool"]
-    return RaterData(pool, splits["val"][0], torch.tensor(feature_matrix(pool_frame)),
+    return RaterData(pool, splits["val"][0], torch.tensor(feature_matrix(pool_frame, patches)),
                      text_dim=len(pool_frame["text_emb"].iloc[0]), missing_features=missing,
-                     val_features=torch.tensor(feature_matrix(splits["val"][1])))
+                     val_features=torch.tensor(feature_matrix(splits["val"][1], patches)),
+                     patch_dim=len(pool_frame["patch_emb"].iloc[0]) if patches else 0)
 
 
 def train_rater(inputs: RaterData, alignment_model: dict, params: dict):
@@ -87,6 +91,7 @@ def train_rater(inputs: RaterData, alignment_model: dict, params: dict):
     proxy_config = ProxyConfig(**params["proxy"])
     use_alignment = bool(params["model"]["alignment_feature"])
     rater_config = RaterConfig(feature_dim=int(inputs.pool_features.shape[1]), text_dim=inputs.text_dim,
+                               patch_dim=inputs.patch_dim,
                                alignment_config=alignment_model["config"] if use_alignment else None,
                                proxy_config=asdict(proxy_config) if params["model"].get("proxy_features") else None,
                                **params["model"])
@@ -118,7 +123,12 @@ def rater_model_for_mlflow(rater_model: dict, features: dict) -> dict:
     if not len(shard):
         raise ValueError("the first feature shard is empty: cannot tell the rater's image/text input widths")
     image_dim, text_dim = len(shard["image_emb"].iloc[0]), len(shard["text_emb"].iloc[0])
-    if image_dim + text_dim != int(rater_model["config"]["feature_dim"]):
+    patch_dim = int(rater_model["config"].get("patch_dim", 0))
+    if patch_dim and len(shard["patch_emb"].iloc[0]) != patch_dim:
+        raise ValueError(f"features' patch_emb is {len(shard['patch_emb'].iloc[0])} wide but the rater takes "
+                         f"{patch_dim}: retrain it on the current features")
+    if image_dim + text_dim + patch_dim != int(rater_model["config"]["feature_dim"]):
         raise ValueError(f"features are {image_dim} + {text_dim} wide but the rater takes "
                          f"{rater_model['config']['feature_dim']}: retrain it on the current features")
-    return {**rater_model, "image_emb_dim": image_dim, "text_emb_dim": text_dim}
+    return {**rater_model, "image_emb_dim": image_dim, "text_emb_dim": text_dim,
+            **({"patch_emb_dim": patch_dim} if patch_dim else {})}

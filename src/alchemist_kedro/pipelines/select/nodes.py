@@ -57,7 +57,7 @@ def pool_scores(scores: pd.DataFrame, sample_index: pd.DataFrame, *_upstream: An
 
 def _score_shard(load_features: Callable[[], pd.DataFrame], scorer, group_batch_size: int) -> pd.DataFrame:
     frame = load_features()
-    features = feature_matrix(frame)
+    features = feature_matrix(frame, patches=getattr(scorer, "reads_patches", False))
     uids = frame["uid"].astype(str).tolist()
     scorer.check_batch(ScoreBatch(uids=uids, features=features))
     raw, weights = scorer.score_with_batch_weights(features, group_batch_size) if len(uids) else (np.zeros(0),) * 2
