@@ -20,7 +20,7 @@ from alchemist_kedro.schemas import FEATURE_SCHEMA, QUARANTINE_SCHEMA, SAMPLE_SC
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENS, TOKEN_DIM, IMAGE_DIM, TEXT_DIM = 4, 32, 12, 6
-PATCH_CELLS = 2  # patch_emb: cells of conf's rater.model.patch_cell_dim (128)
+PATCH_CELLS = 2  # patch_emb: cells of globals.yml's patch_dim (128)
 DEFECTS = ("blank", "noise", "blur")
 
 

@@ -76,7 +76,7 @@ def _with_pooled_output(model_path: Path, extra: Sequence[str] = ()) -> tuple[by
 @register_image_encoder("open_nsfw")
 class OpenNSFWEncoder(ImageEncoder):
     """Open-NSFW features: `embed_images` → float32 (N, 1024), `nsfw_probability` → float32 (N,) in [0, 1], and with
-    patch_grid > 0 `embed_patches` → float32 (N, patch_grid² · patch_dim)."""
+    patch_grid > 0 `embed_with_patches` → (embeddings, float32 (N, patch_grid² · patch_dim))."""
 
     name = "open_nsfw"
     dim = 1024

@@ -114,7 +114,7 @@ class Rater(nn.Module):
             if config.patch_dim < 1 or config.patch_cell_dim < 1 or config.patch_dim % config.patch_cell_dim:
                 raise ValueError(f"rater.model.patch_inputs needs features with patch_emb (features.image_encoder."
                                  f"patch_grid > 0) whose width ({config.patch_dim}) is a multiple of patch_cell_dim "
-                                 f"({config.patch_cell_dim}, = features.image_encoder.patch_dim)")
+                                 f"({config.patch_cell_dim}, globals.yml patch_dim)")
             self.register_buffer("patch_bank", torch.zeros(int(config.patch_bank_size), config.patch_cell_dim))
             self.register_buffer("patch_bank_rows", torch.zeros((), dtype=torch.int64))
         derived = ((1 if self.alignment is not None else 0) + (2 if self.proxy is not None else 0)
@@ -261,7 +261,8 @@ class Rater(nn.Module):
         return torch.cat(out) if out else torch.zeros((0, 2), device=text.device)
 
     def inputs(self, features: torch.Tensor) -> torch.Tensor:
-        """image_emb ⊕ text_emb, plus the alignment cosine and the proxy's two values when the rater has them."""
+        """image_emb ⊕ text_emb (embedding_inputs), plus the derived inputs the rater has: the alignment cosine, the
+        proxy's two values, the two reference values, the patch anomaly. patch_emb itself never reaches the MLPs."""
         base, split = self.base_dim, self.image_dim
         if (self.alignment is None and self.proxy is None and not self.config.reference_inputs
                 and not self.config.patch_inputs):
