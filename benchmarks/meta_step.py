@@ -50,6 +50,8 @@ def main():
     if args.space:
         params["proxy"]["space"] = args.space
     params["model"]["alignment_feature"] = False  # needs a fitted alignment model; it is not part of the step cost
+    # The patch anomaly is computed once per row when the meta phase starts (like every frozen input): not a step cost.
+    params["model"]["patch_inputs"] = False
     if params["proxy"]["space"] == "pixels":  # the prior's rater inputs need the embedding prior
         params["model"].update(proxy_features=False, embedding_inputs=True)
     proxy_config = ProxyConfig(**params["proxy"])

@@ -46,6 +46,15 @@ def partitions(folder: Path, columns=None) -> dict:
     return {p.stem: (lambda p=p: pd.read_parquet(p, columns=columns)) for p in sorted(folder.glob("*.parquet"))}
 
 
+def conf_parameters(env: str | None) -> dict:
+    """The parameters as `kedro run [--env ENV]` resolves them (globals, runtime_params defaults, env overrides)."""
+    from kedro.config import OmegaConfigLoader
+
+    from alchemist_kedro.settings import CONFIG_LOADER_ARGS
+
+    return OmegaConfigLoader(conf_source=str(ROOT / "conf"), env=env, **CONFIG_LOADER_ARGS)["parameters"]
+
+
 def set_dotted(tree: dict, dotted: str, value: str) -> None:
     *path, last = dotted.split(".")
     for key in path:
@@ -124,7 +133,8 @@ def main() -> None:
     global ENV
     ENV = args.env
     torch.set_num_threads(args.threads)
-    params = {"rater": yaml.safe_load((ROOT / "conf/base/parameters_rater.yml").read_text())["rater"]}
+    conf = conf_parameters(ENV)
+    params = {"rater": conf["rater"]}
     for item in args.set:
         set_dotted(params, *item.split("=", 1))
     rp, data = params["rater"], Path(args.data)
@@ -134,9 +144,10 @@ def main() -> None:
     proxy_config = ProxyConfig(**rp["proxy"])
     alignment = None
     if rp["model"]["alignment_feature"]:
-        evaluate = yaml.safe_load((ROOT / "conf/base/parameters_evaluate.yml").read_text())["evaluate"]
+        evaluate = conf["evaluate"]
         alignment = fit_alignment_on_val(partitions(at(data, "03_primary/samples"), ["uid", "split"]), features, evaluate)
     rater_config = RaterConfig(feature_dim=int(inputs.pool_features.shape[1]), text_dim=inputs.text_dim,
+                               patch_dim=inputs.patch_dim,
                                alignment_config=alignment["config"] if alignment else None,
                                proxy_config=asdict(proxy_config) if rp["model"]["proxy_features"] else None,
                                **rp["model"])
@@ -157,7 +168,7 @@ def main() -> None:
                "gain θ̂": loss(result.theta_hat, null=True) - loss(result.theta_hat)}
     print(f"overrides: {args.set or 'none'}; training {seconds:.0f} s on {args.threads} thread(s)")
     print_report(signals, pool_defects(data, pool.uids))
-    near = yaml.safe_load((ROOT / "conf/base/parameters_select.yml").read_text())["select"]["dedup"]["near_threshold"]
+    near = conf["select"]["dedup"]["near_threshold"]
     selection_report(data, pool.uids, {"rater": signals["rater"]}, near)
 
 if __name__ == "__main__":

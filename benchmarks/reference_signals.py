@@ -23,13 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 
 from alchemist_kedro.models.proxy import ProxyConfig, build_proxy, generator_for, per_sample_loss, training_loss
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs
 from alchemist_kedro.tables import concat_partitions, decode_pngs
 from alchemist_kedro.training.bilevel import Split
-from rater_signals import partitions, pool_defects, print_report  # benchmarks/
+from rater_signals import conf_parameters, partitions, pool_defects, print_report  # benchmarks/
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,6 +95,15 @@ def with_thumbnails(rows: Split, samples: dict, side: int) -> Split:
     return Split(x, rows.tokens, rows.mask, rows.uids)
 
 
+def with_patches(rows: Split, features: dict) -> Split:
+    """rows with [unit image_emb ; each unit patch cell / sqrt(cells)] as the prior's "image" (features' patch_emb)."""
+    patches = concat_partitions(features, ["uid", "patch_emb"]).set_index("uid").loc[rows.uids, "patch_emb"]
+    cells = torch.as_tensor(np.stack(patches.to_numpy()), dtype=torch.float32)
+    cells = F.normalize(cells.reshape(len(rows), -1, 128), dim=-1)
+    x = torch.cat([F.normalize(rows.images.float(), dim=1), cells.flatten(1) / cells.shape[1] ** 0.5], dim=1)
+    return Split(x, rows.tokens, rows.mask, rows.uids)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "data"))
@@ -105,9 +113,10 @@ def main() -> None:
     ap.add_argument("--val-weight-decay", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--thumbnail", type=int, default=0, help="R > 0: priors model [image_emb ; R×R thumbnail]")
+    ap.add_argument("--patches", action="store_true", help="priors model [image_emb ; the features' patch cells]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rp = yaml.safe_load((ROOT / "conf/base/parameters_rater.yml").read_text())["rater"]
+    rp = conf_parameters(None)["rater"]
     data = Path(args.data)
     samples = partitions(data / "03_primary/samples", ["uid", "image", "split", "caption", "sha256"])
     inputs = build_rater_inputs(samples, partitions(data / "04_feature/features"), rp)
@@ -115,6 +124,9 @@ def main() -> None:
     pool, val = inputs.pool, inputs.val
     if args.thumbnail:
         pool, val = with_thumbnails(pool, samples, args.thumbnail), with_thumbnails(val, samples, args.thumbnail)
+    if args.patches:
+        features = partitions(data / "04_feature/features")
+        pool, val = with_patches(pool, features), with_patches(val, features)
     lr, batch = rp["training"]["proxy_lr"], rp["training"]["batch_size"]
     start = time.perf_counter()
     signals = {}

@@ -59,12 +59,13 @@ def test_batch_weight_moves_but_does_not_collapse_or_saturate(trained):
     assert batch_weights.max() - batch_weights.min() > 0.02
 
 
-def _small_run(tmp_path=None, on_step=None, mode="eq6", seed=0):
+def _small_run(tmp_path=None, on_step=None, mode="eq6", seed=0, **training):
     data, _ = make_data(n_pool=48, n_val=16, seed=1)
     rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True))
-    config = BilevelConfig(**base_params("rater.training", mode=mode, warmup_steps=3, meta_steps=6, batch_size=8, val_batch_size=4, proxy_lr=1e-3,
-                           ul_start=0.9, ul_epoch_steps=2, ul_step_per_epoch=0.1, checkpoint_every=2, trace_every=3,
-                           probe_size=3, seed=seed))
+    config = BilevelConfig(**base_params("rater.training", **{
+        **dict(mode=mode, warmup_steps=3, meta_steps=6, batch_size=8, val_batch_size=4, proxy_lr=1e-3, ul_start=0.9,
+               ul_epoch_steps=2, ul_step_per_epoch=0.1, checkpoint_every=2, trace_every=3, probe_size=3, seed=seed),
+        **training}))
     return train_rater_bilevel(data, tiny_proxy_config(), rater_config, config, checkpoint_dir=tmp_path,
                                on_step=on_step)
 
@@ -89,6 +90,31 @@ def test_killed_run_resumes_to_the_same_rater(tmp_path):
     assert _same_state(uninterrupted.theta, resumed.theta)
     assert resumed.history == uninterrupted.history
     assert resumed.trace == uninterrupted.trace
+
+
+def test_rater_ema_is_the_running_average_of_the_iterates_and_survives_a_kill(tmp_path):
+    """training.rater_ema_decay: the returned rater is the EMA of the rater after each meta step (the trajectory
+    itself is unchanged), and a killed run resumes to the same average."""
+    decay = 0.7
+    iterates = [{k: v.clone() for k, v in _small_run(meta_steps=m).rater.named_parameters() if v.requires_grad}
+                for m in range(1, 7)]
+    expected = dict(iterates[0])
+    for weights in iterates[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    averaged = _small_run(rater_ema_decay=decay)
+    last = iterates[-1]
+    for name, value in averaged.rater.named_parameters():
+        if value.requires_grad:
+            torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(averaged.rater.get_parameter(k), last[k]) for k in last)
+
+    def kill(step):
+        if step == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _small_run(tmp_path, on_step=kill, rater_ema_decay=decay)
+    assert _same_state(averaged.rater, _small_run(tmp_path, rater_ema_decay=decay).rater)
 
 
 def test_same_seed_same_weights_and_other_seed_differs():

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from alchemist_kedro.models.proxy import (
@@ -89,6 +90,10 @@ class BilevelConfig:
     seed: int
     trace_every: int
     probe_size: int
+    # Polyak averaging of the rater's weights over the meta steps (torch.optim.swa_utils, an EMA with this decay; 0 =
+    # off: the last iterate is the rater). Each rater step follows one batch's noisy meta-gradient; the average is the
+    # usual remedy for the last iterate's step-to-step noise, at no extra forward pass. Optional so older configs load.
+    rater_ema_decay: float = 0.0
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -98,6 +103,8 @@ class BilevelConfig:
             raise ValueError(f"influence_params must be all, text or both, got {self.influence_params!r}")
         if not self.influence_eps > 0:
             raise ValueError(f"influence_eps must be > 0, got {self.influence_eps}")
+        if not 0.0 <= self.rater_ema_decay < 1.0:
+            raise ValueError(f"rater_ema_decay must be in [0, 1), got {self.rater_ema_decay}")
         if self.baseline not in ("reference", "ema"):
             raise ValueError(f"baseline must be reference or ema, got {self.baseline!r}")
 
@@ -179,6 +186,8 @@ class BilevelState:
     opt_folds: list[torch.optim.Optimizer] = field(default_factory=list)
     fold_rows: list[np.ndarray] = field(default_factory=list)
     pool_folds: torch.Tensor | None = None
+    # training.rater_ema_decay > 0: the running average of the rater's weights (swa_utils.AveragedModel)
+    rater_average: torch.nn.Module | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -249,6 +258,8 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
         weight_decay=config.weight_decay,
     )
     state = BilevelState(theta_hat, rater, _adamw(theta_hat.parameters(), config.proxy_lr, config), opt_rater)
+    if config.rater_ema_decay > 0:
+        state.rater_average = AveragedModel(rater, multi_avg_fn=get_ema_multi_avg_fn(config.rater_ema_decay))
     folds = rater_config.proxy_folds if rater.proxy is not None else 1
     if folds > 1:
         state.pool_folds = fold_of(data.pool_features[:, :rater.base_dim], folds).cpu()
@@ -438,6 +449,8 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
     state.baseline = baseline
     rater_loss = (w * (s - baseline)).sum() + config.logit_l2 * (logits**2).mean()
     _step(state.opt_rater, list(rater.parameters()), rater_loss, config.grad_clip)
+    if state.rater_average is not None:
+        state.rater_average.update_parameters(rater)
 
     metrics = {
         "meta/train_weighted_loss": float((w_inst.detach() * l_theta_crn).sum()),
@@ -475,7 +488,8 @@ def record_probe(state: BilevelState, probe: Split, config: BilevelConfig, step:
 def _modules(state: BilevelState) -> dict:
     return {"rater": state.rater, "theta_hat": state.theta_hat.network,
             "theta": state.theta.network if state.theta is not None else None,
-            **{f"fold_prior_{f}": prior.network for f, prior in enumerate(state.fold_priors)}}
+            **{f"fold_prior_{f}": prior.network for f, prior in enumerate(state.fold_priors)},
+            "rater_average": state.rater_average}
 
 
 def _optimizers(state: BilevelState) -> dict:
@@ -575,6 +589,11 @@ def train_rater_bilevel(
         if on_step is not None:
             on_step(state.step)
 
+    if state.rater_average is not None and int(state.rater_average.n_averaged) > 0:
+        with torch.no_grad():  # the averaged weights become the rater; its buffers (standardisation, banks) stay
+            for mine, averaged in zip(state.rater.parameters(), state.rater_average.module.parameters()):
+                if mine.requires_grad:
+                    mine.copy_(averaged)
     state.rater.eval().cpu()
     theta = state.theta if state.theta is not None else state.theta_hat
     for model in {id(m): m for m in (theta, state.theta_hat)}.values():
