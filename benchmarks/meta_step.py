@@ -52,6 +52,7 @@ def main():
     params["model"]["alignment_feature"] = False  # needs a fitted alignment model; it is not part of the step cost
     # The patch anomaly is computed once per row when the meta phase starts (like every frozen input): not a step cost.
     params["model"]["patch_inputs"] = False
+    params["proxy"]["patch_cells"] = False  # the synthetic rows carry no patch_emb
     if params["proxy"]["space"] == "pixels":  # the prior's rater inputs need the embedding prior
         params["model"].update(proxy_features=False, embedding_inputs=True)
     proxy_config = ProxyConfig(**params["proxy"])

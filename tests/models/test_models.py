@@ -236,3 +236,26 @@ def test_patch_inputs_keep_at_most_the_bank_size_and_refuse_features_without_pat
     assert int(rater.patch_bank_rows) == 5
     with pytest.raises(ValueError, match="patch_grid > 0"):
         _patch_rater(cells=0)
+
+
+def test_prior_input_gives_the_image_and_the_patch_cells_equal_width_and_norm():
+    """proxy.patch_cells: [unit image_emb ; cells] with the cells at image width / cells (projected when wider), so
+    each part is half the prior's standardised loss; a projected cell keeps its cosines to other cells roughly."""
+    from alchemist_kedro.models.proxy import prior_input
+
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.normal(size=(6, 64)).astype(np.float32))
+    patches = torch.from_numpy(rng.normal(size=(6, 4 * 128)).astype(np.float32))
+    x = prior_input(image, patches, 128)
+    assert x.shape == (6, 64 + 4 * 16)
+    torch.testing.assert_close(x[:, :64].norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(x[:, 64:].norm(dim=1), torch.ones(6))
+    cells = torch.nn.functional.normalize(patches.reshape(-1, 128), dim=1)
+    mixed = cells.clone()
+    mixed[1] = torch.nn.functional.normalize(cells[0] + 0.3 * cells[1], dim=0)  # cell 1 close to cell 0
+    projected = prior_input(image[:6], mixed.reshape(6, -1), 128)[:, 64:].reshape(-1, 16)
+    projected = torch.nn.functional.normalize(projected, dim=1)
+    assert float(projected[0] @ projected[1]) > 0.75 and abs(float(projected[0] @ projected[2])) < 0.6
+    wide = prior_input(torch.randn(6, 1024), patches, 128)  # 1024 / 4 cells >= 128: the cells as they are
+    torch.testing.assert_close(wide[:, 1024:].reshape(6, 4, 128) * 2, torch.nn.functional.normalize(
+        patches.reshape(6, 4, 128), dim=-1))

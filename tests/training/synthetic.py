@@ -23,6 +23,7 @@ def tiny_proxy_config(**overrides) -> ProxyConfig:
         cross_attention_dim=TOKEN_DIM,
         attention_heads=2,
         space="pixels",  # the fixture's images are pixels; tests of the embedding prior ask for it
+        patch_cells=False,  # the fixture's features carry no patch_emb; the patch-prior test asks for it
     )
     cfg.update(overrides)
     return ProxyConfig(**base_params("rater.proxy", **cfg))

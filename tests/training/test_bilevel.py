@@ -14,7 +14,7 @@ from alchemist_kedro.models.rater import (
     rater_to_artifact,
     score_with_rater,
 )
-from alchemist_kedro.training.bilevel import BilevelConfig, train_rater_bilevel
+from alchemist_kedro.training.bilevel import BilevelConfig, RaterData, train_rater_bilevel
 from tests.conf_values import base_params
 from tests.training.synthetic import make_data, tiny_proxy_config
 
@@ -305,3 +305,42 @@ def test_with_fold_priors_the_signal_s_caption_gain_is_the_held_out_one():
         scale = l_theta.std() / held_out.std()
         torch.testing.assert_close(with_folds, l_theta + scale * held_out)
         assert not torch.allclose(with_folds, with_theta)
+
+
+def test_a_prior_on_patch_cells_reads_them_and_travels_with_the_artifact():
+    """rater.proxy.patch_cells: the prior models [image_emb ; patch cells] (models/proxy.py prior_input), in the rater
+    pipeline's RaterData and in the rater's frozen copy alike, so a changed patch cell moves the prior's loss input
+    L̂(x, c); without it the prior never reads the cells."""
+    from alchemist_kedro.models.proxy import prior_input
+
+    rng = np.random.default_rng(0)
+    cell, cells = 4, 2
+    data = _random_pairs(n_pool=64, n_val=16)
+    for split, n in (("pool", 64), ("val", 16)):
+        patches = torch.from_numpy(rng.normal(size=(n, cell * cells)).astype(np.float32))
+        image = data[f"{split}_images"]
+        data[f"{split}_features"] = torch.cat([data[f"{split}_features"], patches], 1)
+        data[f"{split}_patches"] = patches
+        data[f"{split}_prior_images"] = prior_input(image, patches, cell)
+    moved = data["pool_features"].clone()
+    moved[:, -cell:] = torch.from_numpy(rng.normal(size=(64, cell)).astype(np.float32))  # one cell of every row
+    l_hat = {}
+    for patch_cells in (False, True):
+        proxy = tiny_proxy_config(space="embedding", prior_hidden_dim=32, prior_blocks=1, patch_cells=patch_cells)
+        mapping = dict(data, pool_images=data["pool_prior_images"] if patch_cells else data["pool_images"],
+                       val_images=data["val_prior_images"] if patch_cells else data["val_images"])
+        rater_data = RaterData.from_mapping(mapping)
+        rater_data.val_features, rater_data.text_dim, rater_data.patch_dim = data["val_features"], 8, cell * cells
+        rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, text_dim=8,
+                                                 feature_dim=24 + cell * cells, patch_dim=cell * cells,
+                                                 patch_cell_dim=cell, hidden_dim=8, group_hidden_dim=4, proxy_folds=1,
+                                                 proxy_config=asdict(proxy)))
+        config = BilevelConfig(**base_params("rater.training", warmup_steps=30, meta_steps=1, batch_size=16,
+                                             val_batch_size=8, trace_every=10**6, probe_size=2))
+        rater = train_rater_bilevel(rater_data, proxy, rater_config, config).rater
+        l_hat[patch_cells] = (rater.inputs(data["pool_features"])[:, 0], rater.inputs(moved)[:, 0])
+        if patch_cells:
+            again = rater_from_artifact(rater_to_artifact(rater))
+            torch.testing.assert_close(again.inputs(moved), rater.inputs(moved))
+    torch.testing.assert_close(*l_hat[False])  # the plain prior does not read the cells
+    assert float((l_hat[True][0] - l_hat[True][1]).abs().mean()) > 1e-3, l_hat[True]

@@ -51,6 +51,10 @@ class ProxyConfig:
     # embedding space: standardise the pooled caption per dimension with the pool's statistics, as the image
     # embedding is (a sentence embedding shares a large common component too; the null caption stays 0).
     standardise_caption: bool = field(kw_only=True)
+    # embedding space: the prior models [image_emb ; the features' patch cells] (prior_input), so its loss also sees
+    # what covers part of an image (overlays), which the pooled embedding averages away. Needs features with patch_emb.
+    # Unused by the pixel proxy, like prior_hidden_dim.
+    patch_cells: bool = field(default=False, kw_only=True)
 
     def __post_init__(self):
         for name in ("block_out_channels", "down_block_types", "up_block_types"):
@@ -59,6 +63,25 @@ class ProxyConfig:
             raise ValueError(f"proxy.space must be pixels or embedding, got {self.space!r}")
         if self.space == "embedding" and self.vae_path is not None:
             raise ValueError("proxy.vae_path is for the pixel-space proxy; the embedding prior reads image_emb")
+
+
+def prior_cell_width(image_dim: int, cells: int, cell_dim: int) -> int:
+    """Each patch cell's width in prior_input: image_dim / cells, or cell_dim when that is narrower."""
+    return min(cell_dim, max(1, image_dim // cells))
+
+
+def prior_input(image_emb: torch.Tensor, patch_emb: torch.Tensor, cell_dim: int) -> torch.Tensor:
+    """[unit image_emb ; each unit patch cell / sqrt(cells)]: what an embedding prior with patch_cells models. The
+    prior's loss is a mean over standardised dimensions, so the two parts get equal shares of it only at equal widths:
+    each cell is projected (a fixed seed-0 Gaussian matrix, which keeps cosines) to image width / cells dimensions when
+    wider. Otherwise 16 cells of 128 would be two thirds of the loss and a smooth (blurred, JPEG) image, whose patches
+    are easy to model, would look easy overall."""
+    cells = F.normalize(patch_emb.float().reshape(len(patch_emb), -1, cell_dim), dim=-1)
+    width = prior_cell_width(image_emb.shape[1], cells.shape[1], cell_dim)
+    if width < cell_dim:
+        projection = torch.randn((cell_dim, width), generator=torch.Generator().manual_seed(0)) / width**0.5
+        cells = F.normalize(cells @ projection.to(cells.device), dim=-1)
+    return torch.cat([F.normalize(image_emb.float(), dim=1), cells.flatten(1) / cells.shape[1] ** 0.5], dim=1)
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:

@@ -83,14 +83,25 @@ class Rater(nn.Module):
 
             self.alignment = AlignmentModel(AlignmentConfig(**config.alignment_config)).requires_grad_(False)
         self.proxy = None
+        self.prior_patches = False
         if config.proxy_features:
-            from alchemist_kedro.models.proxy import EmbeddingProxy, ProxyConfig, stratified_timesteps
+            from alchemist_kedro.models.proxy import (EmbeddingProxy, ProxyConfig, prior_cell_width, prior_input,
+                                                 stratified_timesteps)
 
             if config.proxy_config is None or config.proxy_config.get("space") != "embedding":
                 raise ValueError("rater.model.proxy_features reads an embedding-space proxy: set rater.proxy.space=embedding, "
                                  "or proxy_features=false with embedding_inputs=true for the pixel proxy")
             proxy_config = ProxyConfig(**config.proxy_config)
+            self.prior_patches = proxy_config.patch_cells
+            self._prior_input = prior_input
+            if self.prior_patches and config.patch_dim < 1:
+                raise ValueError("rater.proxy.patch_cells: the prior models the patch cells, so the rater needs "
+                                 "features with patch_emb (features.image_encoder.patch_grid > 0)")
+            # The prior's "image": image_emb, or [image_emb ; patch cells] (models/proxy.py prior_input).
             image_dim = self.image_dim
+            if self.prior_patches:
+                cells = config.patch_dim // config.patch_cell_dim
+                image_dim += cells * prior_cell_width(self.image_dim, cells, config.patch_cell_dim)
             self.proxy = EmbeddingProxy(proxy_config, image_dim, caption_dim=config.text_dim).requires_grad_(False)
             if config.proxy_folds < 1:
                 raise ValueError(f"rater.model.proxy_folds must be >= 1, got {config.proxy_folds}")
@@ -274,7 +285,9 @@ class Rater(nn.Module):
                 parts.append(self.alignment.eval()(image, text).unsqueeze(-1))
             if self.proxy is not None:
                 folds = fold_of(features[..., :base], self.config.proxy_folds) if self.config.proxy_folds > 1 else None
-                parts.append(self.proxy_inputs(image, text, folds).to(features.dtype))
+                prior_image = (self._prior_input(image, features[..., base:], self.config.patch_cell_dim)
+                               if self.prior_patches else image)
+                parts.append(self.proxy_inputs(prior_image, text, folds).to(features.dtype))
             if self.config.reference_inputs:
                 parts.append(self.reference_values(image, text).to(features.dtype))
             if self.config.patch_inputs:

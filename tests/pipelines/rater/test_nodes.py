@@ -7,6 +7,7 @@ from kedro.io import Version
 from PIL import Image
 
 from alchemist_kedro.datasets.torch_safetensors import TorchSafetensorsDataset
+from alchemist_kedro.models.proxy import prior_input
 from alchemist_kedro.models.rater import rater_from_artifact, score_with_rater
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs, train_rater
 from tests.conf_values import base_params
@@ -61,13 +62,22 @@ def test_embedding_proxy_trains_on_the_cached_image_embeddings_without_decoding(
     params = _params(tmp_path)
     params["proxy"]["space"] = "embedding"
     params["model"].update(proxy_features=True, embedding_inputs=False)  # the shipped rater: the prior's inputs
+    params["proxy"]["patch_cells"] = False
     out = build_rater_inputs(samples, features, params)
     assert out.pool.images.shape == (23, 12) and out.val.images.shape == (8, 12)
     frame = pd.concat([f() for f in features.values()]).set_index("uid")
     np.testing.assert_array_equal(out.pool.images[0].numpy(), frame.loc[out.pool.uids[0], "image_emb"])
+    # The shipped default (proxy.patch_cells): the prior models [image_emb ; the 2 patch cells, each at 12 / 2 dims].
+    with_cells = build_rater_inputs(samples, features, {**params, "proxy": {**params["proxy"], "patch_cells": True}})
+    row = frame.loc[with_cells.pool.uids[0]]
+    expected = prior_input(torch.tensor(row["image_emb"])[None], torch.tensor(row["patch_emb"])[None], 128)
+    assert with_cells.pool.images.shape == (23, 12 + 2 * 6)
+    torch.testing.assert_close(with_cells.pool.images[:1], expected)
     # The prior reads the caption as its sentence embedding (one token), the vector the rater's inputs read.
     assert out.pool.tokens.shape == (23, 1, 6) and bool(out.pool.mask.all())
     np.testing.assert_array_equal(out.pool.tokens[0, 0].numpy(), frame.loc[out.pool.uids[0], "text_emb"])
+    params["proxy"]["patch_cells"] = True
+    out = with_cells
     artifact, metrics, _, trace = train_rater(out, None, params)
     assert "diagnostics/theta_hat/caption_sensitivity" in metrics and len(trace) > 0
     rater = rater_from_artifact(artifact)
@@ -153,6 +163,7 @@ def _embedding_params(tmp_path, pool_sample):
     params["proxy"]["space"] = "embedding"
     params["pool_sample"] = pool_sample
     params["model"]["patch_inputs"] = False  # these corpora carry no patch_emb
+    params["proxy"]["patch_cells"] = False
     return params
 
 

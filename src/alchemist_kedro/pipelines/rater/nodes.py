@@ -7,7 +7,7 @@ from dataclasses import asdict
 import pandas as pd
 import torch
 
-from alchemist_kedro.models.proxy import ProxyConfig
+from alchemist_kedro.models.proxy import ProxyConfig, prior_input
 from alchemist_kedro.models.rater import RaterConfig, rater_to_artifact
 from alchemist_kedro.devices import resolve_device
 from alchemist_kedro.tables import (
@@ -51,7 +51,8 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
         logger.info("rater: training on a uniform sample of %d of the %d pool rows (rater.pool_sample)",
                     int(pool_sample), n_pool)
     uids = set(table["uid"])
-    patches = bool(params["model"].get("patch_inputs", False))
+    prior_patches = embedding_space and bool(params["proxy"].get("patch_cells", False))
+    patches = bool(params["model"].get("patch_inputs", False)) or prior_patches
     feature_columns = ["uid", "image_emb", "text_emb"] if embedding_space else list(FEATURE_COLUMNS)
     if patches:
         feature_columns.append("patch_emb")
@@ -67,6 +68,13 @@ def build_rater_inputs(samples: dict, features: dict, params: dict) -> RaterData
             # The prior reads the caption as its sentence embedding: one "token", text_emb, the vector the rater's
             # proxy inputs (models/rater.py) read too. No (N, L, D) token tensor in memory.
             images = torch.from_numpy(vector_column(part, "image_emb"))
+            if prior_patches:
+                patch = torch.from_numpy(vector_column(part, "patch_emb"))
+                if patch.ndim != 2 or patch.shape[1] == 0:
+                    raise ValueError("rater.proxy.patch_cells: the prior models the patch cells, but the features "
+                                     "carry no patch_emb (features.image_encoder.patch_grid > 0 with the Open-NSFW "
+                                     "encoder); set rater.proxy.patch_cells=false for an encoder without patches")
+                images = prior_input(images, patch, int(params["model"]["patch_cell_dim"]))
             tokens = torch.from_numpy(vector_column(part, "text_emb"))[:, None, :]
             mask = torch.ones(len(part), 1, dtype=torch.int64)
         else:
