@@ -85,15 +85,13 @@ class Rater(nn.Module):
         self.proxy = None
         self.prior_patches = False
         if config.proxy_features:
-            from alchemist_kedro.models.proxy import (EmbeddingProxy, ProxyConfig, prior_cell_width, prior_input,
-                                                 stratified_timesteps)
+            from alchemist_kedro.models.proxy import EmbeddingProxy, ProxyConfig, prior_cell_width, stratified_timesteps
 
             if config.proxy_config is None or config.proxy_config.get("space") != "embedding":
                 raise ValueError("rater.model.proxy_features reads an embedding-space proxy: set rater.proxy.space=embedding, "
                                  "or proxy_features=false with embedding_inputs=true for the pixel proxy")
             proxy_config = ProxyConfig(**config.proxy_config)
             self.prior_patches = proxy_config.patch_cells
-            self._prior_input = prior_input
             if self.prior_patches and config.patch_dim < 1:
                 raise ValueError("rater.proxy.patch_cells: the prior models the patch cells, so the rater needs "
                                  "features with patch_emb (features.image_encoder.patch_grid > 0)")
@@ -285,8 +283,11 @@ class Rater(nn.Module):
                 parts.append(self.alignment.eval()(image, text).unsqueeze(-1))
             if self.proxy is not None:
                 folds = fold_of(features[..., :base], self.config.proxy_folds) if self.config.proxy_folds > 1 else None
-                prior_image = (self._prior_input(image, features[..., base:], self.config.patch_cell_dim)
-                               if self.prior_patches else image)
+                prior_image = image
+                if self.prior_patches:  # the prior's "image" as the rater pipeline built it for training
+                    from alchemist_kedro.models.proxy import prior_input
+
+                    prior_image = prior_input(image, features[..., base:], self.config.patch_cell_dim)
                 parts.append(self.proxy_inputs(prior_image, text, folds).to(features.dtype))
             if self.config.reference_inputs:
                 parts.append(self.reference_values(image, text).to(features.dtype))
