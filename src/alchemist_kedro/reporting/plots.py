@@ -93,7 +93,7 @@ def training_dynamics_by_band(trace: pd.DataFrame, percentiles: pd.DataFrame,
         axes[0].plot(means.index, means["loss"], marker="o", color=color, label=f"{band} (n={count})")
         axes[1].plot(means.index, means["grad_norm"], marker="o", color=color, label=f"{band} (n={count})")
     axes[0].set_ylabel("per-sample loss (K fixed timesteps)")
-    axes[1].set_ylabel("gradient norm (UNet output layer)")
+    axes[1].set_ylabel("gradient norm (proxy output layer)")
     for ax in axes:
         ax.set_xlabel("proxy training step")
         ax.legend(title="score percentile (0 = best)", fontsize=7, title_fontsize=7)
