@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from alchemist_kedro.models.proxy import ProxyConfig, build_proxy, per_sample_loss
 from alchemist_kedro.pipelines.rater.nodes import build_rater_inputs
 from alchemist_kedro.training.diagnostics import caption_sensitivity
 import rater_signals  # benchmarks/
-from rater_signals import at, partitions, pool_defects, set_dotted
+from rater_signals import at, conf_parameters, partitions, pool_defects, set_dotted
 from reference_signals import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     rater_signals.ENV = args.env
     torch.set_num_threads(args.threads)
-    params = {"rater": yaml.safe_load((ROOT / "conf/base/parameters_rater.yml").read_text())["rater"]}
+    params = {"rater": conf_parameters(args.env)["rater"]}
     for item in args.set:
         set_dotted(params, *item.split("=", 1))
     rp = params["rater"]

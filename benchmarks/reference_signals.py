@@ -5,10 +5,11 @@ because θ̂ trains on the very rows it scores (a pair it can memorise looks lea
 row cannot memorise it.
 
     .venv/bin/python benchmarks/reference_signals.py [--data data] [--threads 1] [--steps 1000] [--val-steps 600]
-        [--thumbnail 8]
+        [--thumbnail 8] [--patches]
 
-`--thumbnail R` trains every prior on [image_emb ; the R×R RGB thumbnail of the image] instead of image_emb alone (each
-block unit-normalised, then the prior's per-dimension standardisation): does a prior that also models pixel layout
+`--patches` trains every prior on [image_emb ; the patch cells] as `rater.proxy.patch_cells` does (models/proxy.py
+prior_input; with --thumbnail the thumbnail is appended to that). `--thumbnail R` trains every prior on [image_emb ;
+the R×R RGB thumbnail of the image] instead of image_emb alone (each block unit-normalised, then the prior's per-dimension standardisation): does a prior that also models pixel layout
 and colour see overlays that the Open-NSFW embedding does not?
 
 Needs a finished `make run` (samples, features). The `defect` side column is read here for evaluation only.
@@ -95,15 +96,6 @@ def with_thumbnails(rows: Split, samples: dict, side: int) -> Split:
     return Split(x, rows.tokens, rows.mask, rows.uids)
 
 
-def with_patches(rows: Split, features: dict) -> Split:
-    """rows with [unit image_emb ; each unit patch cell / sqrt(cells)] as the prior's "image" (features' patch_emb)."""
-    patches = concat_partitions(features, ["uid", "patch_emb"]).set_index("uid").loc[rows.uids, "patch_emb"]
-    cells = torch.as_tensor(np.stack(patches.to_numpy()), dtype=torch.float32)
-    cells = F.normalize(cells.reshape(len(rows), -1, 128), dim=-1)
-    x = torch.cat([F.normalize(rows.images.float(), dim=1), cells.flatten(1) / cells.shape[1] ** 0.5], dim=1)
-    return Split(x, rows.tokens, rows.mask, rows.uids)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "data"))
@@ -113,10 +105,14 @@ def main() -> None:
     ap.add_argument("--val-weight-decay", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--thumbnail", type=int, default=0, help="R > 0: priors model [image_emb ; R×R thumbnail]")
-    ap.add_argument("--patches", action="store_true", help="priors model [image_emb ; the features' patch cells]")
+    ap.add_argument("--patches", action="store_true",
+                    help="priors model [image_emb ; the patch cells] as rater.proxy.patch_cells builds it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rp = conf_parameters(None)["rater"]
+    # What the priors model is this script's choice, not conf's: image_emb alone unless --patches (the shipped
+    # patch prior's input, models/proxy.py prior_input, built by build_rater_inputs).
+    rp["proxy"]["patch_cells"] = args.patches
     data = Path(args.data)
     samples = partitions(data / "03_primary/samples", ["uid", "image", "split", "caption", "sha256"])
     inputs = build_rater_inputs(samples, partitions(data / "04_feature/features"), rp)
@@ -124,9 +120,6 @@ def main() -> None:
     pool, val = inputs.pool, inputs.val
     if args.thumbnail:
         pool, val = with_thumbnails(pool, samples, args.thumbnail), with_thumbnails(val, samples, args.thumbnail)
-    if args.patches:
-        features = partitions(data / "04_feature/features")
-        pool, val = with_patches(pool, features), with_patches(val, features)
     lr, batch = rp["training"]["proxy_lr"], rp["training"]["batch_size"]
     start = time.perf_counter()
     signals = {}
