@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--env", default=None, help="read the outputs of `kedro run --env ENV` (e.g. openclipart)")
     ap.add_argument("--set", action="append", default=[], help="dotted conf override, e.g. rater.training.mode=eq9")
+    ap.add_argument("--save-scores", default=None, help="write uid + the rater's score to this parquet "
+                    "(benchmarks/rater_ensemble.py averages several)")
     args = ap.parse_args()
     global ENV
     ENV = args.env
@@ -170,6 +172,12 @@ def main() -> None:
     print_report(signals, pool_defects(data, pool.uids))
     near = conf["select"]["dedup"]["near_threshold"]
     selection_report(data, pool.uids, {"rater": signals["rater"]}, near)
+    if args.save_scores:
+        with torch.no_grad():  # the rater's inputs before standardisation (alignment, L̂, gain, patch anomaly, …)
+            derived = result.rater.inputs(inputs.pool_features).numpy()
+        table = pd.DataFrame({"uid": pool.uids, "score": signals["rater"], "gain_theta_hat": signals["gain θ̂"]})
+        table = table.assign(**{f"input_{j}": derived[:, j] for j in range(derived.shape[1])})
+        table.to_parquet(args.save_scores, index=False)
 
 if __name__ == "__main__":
     main()

@@ -59,9 +59,9 @@ def test_batch_weight_moves_but_does_not_collapse_or_saturate(trained):
     assert batch_weights.max() - batch_weights.min() > 0.02
 
 
-def _small_run(tmp_path=None, on_step=None, mode="eq6", seed=0, **training):
+def _small_run(tmp_path=None, on_step=None, mode="eq6", seed=0, ensemble=1, **training):
     data, _ = make_data(n_pool=48, n_val=16, seed=1)
-    rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True))
+    rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, proxy_features=False, embedding_inputs=True, interaction_rank=0, text_dim=0, feature_dim=data["pool_features"].shape[1], hidden_dim=16, group_hidden_dim=8, use_group=True, ensemble=ensemble))
     config = BilevelConfig(**base_params("rater.training", **{
         **dict(mode=mode, warmup_steps=3, meta_steps=6, batch_size=8, val_batch_size=4, proxy_lr=1e-3, ul_start=0.9,
                ul_epoch_steps=2, ul_step_per_epoch=0.1, checkpoint_every=2, trace_every=3, probe_size=3, seed=seed),
@@ -115,6 +115,38 @@ def test_rater_ema_is_the_running_average_of_the_iterates_and_survives_a_kill(tm
     with pytest.raises(Killed):
         _small_run(tmp_path, on_step=kill, rater_ema_decay=decay)
     assert _same_state(averaged.rater, _small_run(tmp_path, rater_ema_decay=decay).rater)
+
+
+def test_an_ensemble_s_members_train_in_turn_its_score_is_their_standardised_mean_and_it_survives_kills(tmp_path):
+    """rater.model.ensemble: member 0 is the one-member rater step for step, member 1 is trained by a meta phase of
+    its own, the score is the mean of the members' logits standardised on the pool, and killed runs (inside the
+    second phase, and in the first with the resume crossing into the second) resume to the same ensemble."""
+    data, _ = make_data(n_pool=48, n_val=16, seed=1)
+    single, ensemble = _small_run(), _small_run(ensemble=2)
+    rater = ensemble.rater
+    member0 = {k.removeprefix("instance_mlp."): v for k, v in rater.state_dict().items() if k.startswith("instance_mlp.")}
+    assert all(torch.equal(v, single.rater.instance_mlp.state_dict()[k]) for k, v in member0.items())
+    assert not all(torch.equal(a, b) for a, b in zip(rater.instance_mlp.parameters(),
+                                                      rater.extra_members[0].parameters()))
+    assert len(ensemble.history["meta/val_loss"]) == 2 * len(single.history["meta/val_loss"])
+    with torch.no_grad():
+        f = rater.standardise(torch.as_tensor(data["pool_features"]))
+        z = [rater.member(r)(f).squeeze(-1) for r in range(2)]
+        expected = torch.stack([(x - x.mean()) / x.std() for x in z]).mean(0)
+    torch.testing.assert_close(torch.as_tensor(score_with_rater(rater, data["pool_features"])).float(), expected,
+                               rtol=1e-4, atol=1e-5)
+    assert _same_state(rater, rater_from_artifact(rater_to_artifact(rater)))
+    for kill_at in (13, 9):  # checkpoints every 2 steps; member 1's phase starts at step 9 (3 warm-up + 6 meta)
+        def kill(step):
+            if step == kill_at:
+                raise Killed
+
+        directory = tmp_path / f"kill{kill_at}"
+        with pytest.raises(Killed):
+            _small_run(directory, on_step=kill, ensemble=2)
+        resumed = _small_run(directory, ensemble=2)
+        assert _same_state(rater, resumed.rater), f"killed at step {kill_at}"
+        assert resumed.history == ensemble.history
 
 
 def test_same_seed_same_weights_and_other_seed_differs():
@@ -305,6 +337,16 @@ def test_with_fold_priors_the_signal_s_caption_gain_is_the_held_out_one():
         scale = l_theta.std() / held_out.std()
         torch.testing.assert_close(with_folds, l_theta + scale * held_out)
         assert not torch.allclose(with_folds, with_theta)
+
+    # Each row's held-out gain is computed once (CRN draws, frozen priors): a later step on an overlapping batch
+    # reads the cached rows and computes only the new ones, and gives what a cold computation gives.
+    assert len(state.gain_cache) == 16
+    later = data.pool.rows(torch.arange(8, 24))
+    warm = rater_signal(state, later, config, "crn", 5, folds[8:24])[1]
+    assert len(state.gain_cache) == 24
+    state.gain_cache.clear()
+    cold = rater_signal(state, later, config, "crn", 5, folds[8:24])[1]
+    torch.testing.assert_close(warm, cold)
 
 
 def test_a_prior_on_patch_cells_reads_them_and_travels_with_the_artifact():

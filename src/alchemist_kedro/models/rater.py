@@ -64,6 +64,11 @@ class RaterConfig:
     patch_dim: int = 0  # width of the patch part of the features (from the data; 0 = none)
     patch_cell_dim: int = 128
     patch_bank_size: int = 2048
+    # > 1: the rater is an ensemble of this many instance MLPs, member r trained by its own meta phase from the one
+    # shared warm-up (training/bilevel.py); the score is the mean of the members' logits, each standardised by its
+    # pool mean and spread. The meta-gradient draws are noisy: one phase's ranking moves by about a point of
+    # defective share between seeds, and which defect kinds it keeps moves with it.
+    ensemble: int = 1
     alignment_config: dict | None = None  # the projection's AlignmentConfig (from its artifact, not from conf)
     proxy_config: dict | None = None  # the proxy's ProxyConfig (from training, not from conf)
 
@@ -156,6 +161,27 @@ class Rater(nn.Module):
             if config.use_group
             else None
         )
+        if config.ensemble < 1:
+            raise ValueError(f"rater.model.ensemble must be >= 1, got {config.ensemble}")
+        if config.ensemble > 1 and self.interaction is not None:
+            raise ValueError("rater.model.ensemble > 1 averages instance MLPs: set interaction_rank 0")
+        # Members 1.. initialised from seeds after the one in force, on a forked RNG: member 0 and every module built
+        # after the rater start exactly as with one member.
+        with torch.random.fork_rng():
+            seed = torch.initial_seed()
+            members = []
+            for r in range(1, config.ensemble):
+                torch.manual_seed(seed + r)
+                members.append(nn.Sequential(nn.Linear(d, config.hidden_dim), nn.GELU(),
+                                             nn.Linear(config.hidden_dim, config.hidden_dim), nn.GELU(),
+                                             nn.Linear(config.hidden_dim, 1)))
+        self.extra_members = nn.ModuleList(members)
+        if config.ensemble > 1:  # (not in one-member state dicts: artifacts written before the option load as they are)
+            # Each member's logit mean and spread on the pool (set when its meta phase ends), so members count alike.
+            self.register_buffer("member_mean", torch.zeros(config.ensemble))
+            self.register_buffer("member_std", torch.ones(config.ensemble))
+        # Training reads one member (its meta phase); None = the ensemble's score. Not part of the state dict.
+        self.active_member: int | None = None
 
     @torch.no_grad()
     def attach_proxy(self, *proxies: nn.Module) -> None:
@@ -306,7 +332,16 @@ class Rater(nn.Module):
         """prepared: `features` already went through `inputs` (training computes the frozen inputs once per row)."""
         return ((features if prepared else self.inputs(features)) - self.feature_mean) / self.feature_std
 
+    def member(self, r: int) -> nn.Module:
+        return self.instance_mlp if r == 0 else self.extra_members[r - 1]
+
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
+        if self.config.ensemble > 1:
+            if self.active_member is not None:
+                return self.member(self.active_member)(f).squeeze(-1)
+            z = [(self.member(r)(f).squeeze(-1) - self.member_mean[r]) / self.member_std[r]
+                 for r in range(self.config.ensemble)]
+            return torch.stack(z).mean(0)
         logits = self.instance_mlp(f).squeeze(-1)
         if self.interaction is not None:
             split = self.image_dim

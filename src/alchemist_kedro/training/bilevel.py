@@ -188,6 +188,13 @@ class BilevelState:
     pool_folds: torch.Tensor | None = None
     # training.rater_ema_decay > 0: the running average of the rater's weights (swa_utils.AveragedModel)
     rater_average: torch.nn.Module | None = None
+    # rater.model.ensemble > 1: θ̂ and its optimiser as the warm-up left them (every member's phase starts there),
+    # and the Group MLP's initial weights.
+    warm_theta_hat: DiffusionProxy | None = None
+    # uid → the row's held-out caption gain from its fold prior (frozen after warm-up, CRN draws: one value a row).
+    gain_cache: dict[str, float] = field(default_factory=dict)
+    opt_warm: torch.optim.Optimizer | None = None
+    group_init: dict | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -225,6 +232,21 @@ def _step(optimizer, params, loss, clip):
 
 
 # ------------------------------------------------------------------------------------------- the steps
+def _rater_optimizer(rater: Rater, config: BilevelConfig, member: int) -> torch.optim.Optimizer:
+    """The rater step's optimiser: the instance MLP of `member` (its meta phase) and the Group MLP."""
+    return torch.optim.AdamW(
+        [
+            {"params": list(rater.member(member).parameters())
+                        + (list(rater.interaction.parameters()) if rater.interaction is not None else []),
+             "lr": config.rater_lr},
+            {"params": list(rater.group_mlp.parameters()) if rater.group_mlp is not None else [],
+             "lr": config.rater_group_lr, "eps": config.rater_group_eps},
+        ],
+        betas=config.betas,
+        weight_decay=config.weight_decay,
+    )
+
+
 def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterConfig, config: BilevelConfig,
                vae=None, alignment_state: dict | None = None, device: torch.device | str = "cpu") -> BilevelState:
     torch.manual_seed(config.seed)  # initial weights of θ̂ and μ
@@ -246,18 +268,12 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
     theta_hat.to(device), rater.to(device)  # before the optimisers take their parameters
     if getattr(theta_hat, "vae", None) is not None:  # held outside the module tree (frozen, not trained)
         theta_hat.vae.to(device)
-    opt_rater = torch.optim.AdamW(
-        [
-            {"params": list(rater.instance_mlp.parameters())
-                        + (list(rater.interaction.parameters()) if rater.interaction is not None else []),
-             "lr": config.rater_lr},
-            {"params": list(rater.group_mlp.parameters()) if rater.group_mlp is not None else [],
-             "lr": config.rater_group_lr, "eps": config.rater_group_eps},
-        ],
-        betas=config.betas,
-        weight_decay=config.weight_decay,
-    )
-    state = BilevelState(theta_hat, rater, _adamw(theta_hat.parameters(), config.proxy_lr, config), opt_rater)
+    state = BilevelState(theta_hat, rater, _adamw(theta_hat.parameters(), config.proxy_lr, config),
+                         _rater_optimizer(rater, config, 0))
+    if rater.group_mlp is not None and rater_config.ensemble > 1:  # each member's phase starts the Group MLP afresh
+        state.group_init = copy.deepcopy(rater.group_mlp.state_dict())
+    if rater_config.ensemble > 1 and config.rater_ema_decay > 0:
+        raise ValueError("rater.model.ensemble > 1 and training.rater_ema_decay > 0 do not combine: pick one")
     if config.rater_ema_decay > 0:
         state.rater_average = AveragedModel(rater, multi_avg_fn=get_ema_multi_avg_fn(config.rater_ema_decay))
     folds = rater_config.proxy_folds if rater.proxy is not None else 1
@@ -302,6 +318,35 @@ def start_meta_phase(state: BilevelState, config: BilevelConfig) -> None:
     state.opt_theta.load_state_dict(state.opt_hat.state_dict())
 
 
+def snapshot_warm_up(state: BilevelState, config: BilevelConfig) -> None:
+    """Keep θ̂ and its optimiser as the warm-up left them (rater.model.ensemble > 1)."""
+    state.warm_theta_hat = copy.deepcopy(state.theta_hat)
+    state.opt_warm = _adamw(state.warm_theta_hat.parameters(), config.proxy_lr, config)
+    state.opt_warm.load_state_dict(state.opt_hat.state_dict())
+
+
+def start_member(state: BilevelState, config: BilevelConfig, member: int) -> None:
+    """Member `member`'s meta phase starts where the warm-up ended: θ̂ and its optimiser from the snapshot, θ from
+    θ̂ (start_meta_phase), the Group MLP at its initial weights, a fresh rater optimiser over this member."""
+    state.theta_hat.network.load_state_dict(state.warm_theta_hat.network.state_dict())
+    state.opt_hat.load_state_dict(state.opt_warm.state_dict())
+    start_meta_phase(state, config)
+    if state.group_init is not None:
+        state.rater.group_mlp.load_state_dict(state.group_init)
+    state.rater.active_member = member
+    state.opt_rater = _rater_optimizer(state.rater, config, member)
+    state.baseline = None
+
+
+@torch.no_grad()
+def finish_member(state: BilevelState, features: torch.Tensor, prepared: bool, member: int) -> None:
+    """Member `member`'s logit mean and spread on the pool: the ensemble averages standardised logits."""
+    rater = state.rater
+    logits = rater.member(member)(rater.standardise(features, prepared=prepared)).squeeze(-1)
+    rater.member_mean[member] = logits.mean()
+    rater.member_std[member] = logits.std().clamp_min(1e-8)
+
+
 def rater_signal(state: BilevelState, rows: Split, config: BilevelConfig, phase: str, step: int,
                  folds: torch.Tensor | None = None):
     """(L(θ; x), s): the low-variance per-sample loss at θ and the rater's signal s = L(θ) (eq. 9) or
@@ -319,12 +364,17 @@ def rater_signal(state: BilevelState, rows: Split, config: BilevelConfig, phase:
         signal = l_theta if config.mode == "eq9" else l_theta - loss(state.theta_hat)
         if config.caption_gain_weight > 0:
             if folds is not None and state.fold_priors:
-                gain = torch.zeros_like(l_theta)
+                # The fold priors are frozen after warm-up and, with CRN, a row's draws are its own: its held-out
+                # gain is one number for the whole meta phase. Computed once per row (half the signal's passes).
+                cache = state.gain_cache if config.crn else {}
+                todo = torch.as_tensor([i for i, uid in enumerate(rows.uids) if uid not in cache], dtype=torch.long)
                 for f, prior in enumerate(state.fold_priors):
-                    where = (folds == f).nonzero(as_tuple=True)[0].cpu()
+                    where = todo[(folds.cpu()[todo] == f)] if len(todo) else todo
                     if len(where):
                         sub = rows.rows(where)
-                        gain[where.to(gain.device)] = loss(prior, sub) - loss(prior, sub, null=True)
+                        values = (loss(prior, sub) - loss(prior, sub, null=True)).cpu().tolist()
+                        cache.update(zip(sub.uids, values))
+                gain = torch.tensor([cache[uid] for uid in rows.uids], dtype=l_theta.dtype, device=l_theta.device)
             else:
                 gain = l_theta - loss(state.theta, null=True)
             scale = signal.std() / gain.std().clamp_min(1e-12) if len(gain) > 1 else 1.0
@@ -489,12 +539,14 @@ def _modules(state: BilevelState) -> dict:
     return {"rater": state.rater, "theta_hat": state.theta_hat.network,
             "theta": state.theta.network if state.theta is not None else None,
             **{f"fold_prior_{f}": prior.network for f, prior in enumerate(state.fold_priors)},
-            "rater_average": state.rater_average}
+            "rater_average": state.rater_average,
+            "warm_theta_hat": state.warm_theta_hat.network if state.warm_theta_hat is not None else None}
 
 
 def _optimizers(state: BilevelState) -> dict:
     return {"rater": state.opt_rater, "theta_hat": state.opt_hat, "theta": state.opt_theta,
-            **{f"fold_prior_{f}": opt for f, opt in enumerate(state.opt_folds)}}
+            **{f"fold_prior_{f}": opt for f, opt in enumerate(state.opt_folds)},
+            "warm_theta_hat": state.opt_warm}
 
 
 def resume(state: BilevelState, directory: Path, config: BilevelConfig) -> None:
@@ -503,15 +555,23 @@ def resume(state: BilevelState, directory: Path, config: BilevelConfig) -> None:
         return
     if checkpoint.has("theta"):
         start_meta_phase(state, config)
+    if checkpoint.has("warm_theta_hat"):  # an ensemble's meta phases: the snapshot, and which member is training
+        snapshot_warm_up(state, config)
+        member = (checkpoint.state["step"] - config.warmup_steps) // config.meta_steps
+        member = min(member, state.rater.config.ensemble - 1)
+        state.rater.active_member = member
+        state.opt_rater = _rater_optimizer(state.rater, config, member)
     checkpoint.restore(_modules(state), _optimizers(state))
     json_state = checkpoint.state
     state.step, state.baseline = json_state["step"], json_state["baseline"]
     state.history, state.trace = json_state["history"], json_state["trace"]
+    state.gain_cache = json_state.get("gain_cache", {})
 
 
 def save(state: BilevelState, directory: Path, extra: dict) -> None:
     save_checkpoint(directory, state.step, _modules(state), _optimizers(state),
                     {"step": state.step, "baseline": state.baseline, "history": state.history, "trace": state.trace,
+                     "gain_cache": state.gain_cache,
                      **extra})
 
 
@@ -554,7 +614,15 @@ def train_rater_bilevel(
             return Batch(data.pool.rows(index), prepared[0][index], prepared=True, folds=folds)
         return Batch(data.pool.rows(index), data.pool_features[index], folds=folds)
 
-    total = config.warmup_steps + config.meta_steps
+    members = rater_config.ensemble
+    total = config.warmup_steps + members * config.meta_steps
+
+    def pool_inputs() -> tuple[torch.Tensor, bool]:
+        """The pool's rater inputs: computed once (prepared) when the rater has frozen proxy inputs."""
+        if state.rater.proxy is not None and not prepared:  # e.g. resumed from the last checkpoint
+            with torch.no_grad():
+                prepared.append(state.rater.inputs(data.pool_features))
+        return (prepared[0], True) if prepared else (data.pool_features, False)
     for step in tqdm(range(state.step, total), desc="rater (warm-up, then meta steps)", initial=state.step,
                      total=total, unit="step", mininterval=5):
         if step < config.warmup_steps:
@@ -562,7 +630,15 @@ def train_rater_bilevel(
             if state.fold_priors:
                 state.log(step, warmup_fold_step(state, data.pool, config, step))
         else:
-            meta = step - config.warmup_steps
+            # Member r's meta phase: steps warmup + r·meta_steps onwards. Batches and noise are keyed by the global
+            # step, so every member draws its own; member 0 is the one-member run step for step.
+            member, meta = divmod(step - config.warmup_steps, config.meta_steps)
+            if members > 1 and member == 0 and meta == 0 and state.warm_theta_hat is None:
+                snapshot_warm_up(state, config)
+                state.rater.active_member = 0
+            if members > 1 and member > 0 and meta == 0:
+                finish_member(state, *pool_inputs(), member - 1)
+                start_member(state, config, member)
             if state.theta is None:
                 start_meta_phase(state, config)
                 if state.rater.proxy is not None:  # the rater's proxy inputs read θ̂ (or the fold priors) as
@@ -589,6 +665,9 @@ def train_rater_bilevel(
         if on_step is not None:
             on_step(state.step)
 
+    if members > 1 and state.step == total and state.rater.active_member is not None:
+        finish_member(state, *pool_inputs(), members - 1)
+        state.rater.active_member = None
     if state.rater_average is not None and int(state.rater_average.n_averaged) > 0:
         with torch.no_grad():  # the averaged weights become the rater; its buffers (standardisation, banks) stay
             for mine, averaged in zip(state.rater.parameters(), state.rater_average.module.parameters()):
