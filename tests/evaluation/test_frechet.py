@@ -108,7 +108,7 @@ def test_encoder_features_feed_torchmetrics_the_encoders_own_features():
 def test_mixed_image_sizes_keep_their_order():
     encoder = ChannelHistogramEncoder()
     images = coloured_shapes(3, size=32) + coloured_shapes(2, size=24, seed=4) + coloured_shapes(2, size=32, seed=6)
-    np.testing.assert_allclose(open_nsfw_features(images, encoder, batch_size=2), encoder.embed_images(images), rtol=1e-6)
+    np.testing.assert_allclose(open_nsfw_features(images, encoder, batch_size=2), encoder.embed_images(images), rtol=1e-6, atol=1e-6)
 
 
 def test_fd_onsfw_of_a_set_with_itself_is_zero(open_nsfw, shapes):

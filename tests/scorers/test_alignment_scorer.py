@@ -45,7 +45,7 @@ def test_scores_are_the_cosine_of_the_projections_of_image_emb_and_text_emb():
     # Chunking is speed only: same scores, same version.
     chunked = get_scorer("alignment_minilm_onsfw", artifact=artifact, batch_size=3)
     np.testing.assert_allclose(chunked.score_batch(ScoreBatch(uids=[str(i) for i in range(11)], features=features)),
-                               scores, rtol=1e-6)
+                               scores, rtol=1e-6, atol=1e-6)  # float32 matmuls differ by batch shape
     assert chunked.version == scorer.version
     cls = scorer_class("alignment_minilm_onsfw")
     assert cls.higher_is_better and cls.needs == {"features"}

@@ -197,7 +197,7 @@ def test_fit_scores_and_table_contract_end_to_end(sd_scorer, sd_folder, tmp_path
     uids = [f"u{i}" for i in range(5)]
     raw = scorer.score_batch(ScoreBatch(uids=uids, images=test_images))
     norms = scorer.estimator.norms(test_images)
-    np.testing.assert_allclose(raw, norms[:, fit["layer"], fit["token_index"]].sum(1), rtol=1e-6)
+    np.testing.assert_allclose(raw, norms[:, fit["layer"], fit["token_index"]].sum(1), rtol=1e-6, atol=1e-6)
 
     # The fit table round-trips through parquet and CSV; a scorer built from it scores the same, same version.
     for name in ("fit.parquet", "fit.csv"):
@@ -205,7 +205,7 @@ def test_fit_scores_and_table_contract_end_to_end(sd_scorer, sd_folder, tmp_path
         again = get_scorer("diffusion_quality", source="sd_folder", path=str(sd_folder), timestep=300, k=3,
                            batch_size=2, fit=loaded)
         assert again.version == scorer.version
-        np.testing.assert_allclose(again.score_batch(ScoreBatch(uids=uids, images=test_images)), raw, rtol=1e-6)
+        np.testing.assert_allclose(again.score_batch(ScoreBatch(uids=uids, images=test_images)), raw, rtol=1e-6, atol=1e-6)
     other_t = get_scorer("diffusion_quality", source="sd_folder", path=str(sd_folder), timestep=600, k=3, fit=fit)
     assert other_t.version != scorer.version
     with pytest.raises(ValueError, match="not this prompt's"):
