@@ -45,9 +45,8 @@ def test_every_point_across_batch_boundaries_and_it_loads_back(store):
     assert batched == {f"rater.{k}": sorted((p["step"], p["value"]) for p in (v if isinstance(v, list) else [v]))
                        for k, v in data.items()}
     assert len(batched["rater.meta/val_loss"]) == 2 * BATCH + 17
-    runs = {"batched": run_id}
     # It loads back through kedro-mlflow's reader, in the layout it was given.
-    loaded = BatchedMlflowMetricsHistoryDataset(prefix="rater", run_id=runs["batched"]).load()
+    loaded = BatchedMlflowMetricsHistoryDataset(prefix="rater", run_id=run_id).load()
     assert [p["value"] for p in loaded["rater.meta/val_loss"]] == [p["value"] for p in data["meta/val_loss"]]
 
 
