@@ -92,6 +92,26 @@ def test_killed_run_resumes_to_the_same_rater(tmp_path):
     assert resumed.trace == uninterrupted.trace
 
 
+def test_influence_with_a_running_val_direction_resumes_to_the_same_rater(tmp_path):
+    """training.influence_direction_momentum: the running mean of the val direction is part of the checkpoint, so a
+    killed run resumes to the rater an uninterrupted one trains (without it the mean would restart at the kill)."""
+    run = lambda **kw: _small_run(mode="influence", influence_params="text", influence_direction_momentum=0.9, **kw)
+    uninterrupted = run()
+
+    def kill(step):
+        if step == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tmp_path=tmp_path, on_step=kill)
+    assert any(tmp_path.rglob("step_0000006/influence_direction.safetensors"))
+    resumed = run(tmp_path=tmp_path)
+    assert _same_state(uninterrupted.rater, resumed.rater)
+    assert resumed.history == uninterrupted.history
+    # The momentum changes the training: not the same rater as the step-alone direction.
+    assert not _same_state(uninterrupted.rater, _small_run(mode="influence", influence_params="text").rater)
+
+
 def test_rater_ema_is_the_running_average_of_the_iterates_and_survives_a_kill(tmp_path):
     """training.rater_ema_decay: the returned rater is the EMA of the rater after each meta step (the trajectory
     itself is unchanged), and a killed run resumes to the same average."""

@@ -94,6 +94,9 @@ class BilevelConfig:
     # off: the last iterate is the rater). Each rater step follows one batch's noisy meta-gradient; the average is the
     # usual remedy for the last iterate's step-to-step noise, at no extra forward pass. Optional so older configs load.
     rater_ema_decay: float = 0.0
+    # influence only: the val direction ĝ is the running mean of the steps' unit val gradients with this momentum (0 =
+    # this step's alone). One step's ∇L_val is one val batch's gradient; the mean over steps is the val set's.
+    influence_direction_momentum: float = 0.0
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -103,6 +106,8 @@ class BilevelConfig:
             raise ValueError(f"influence_params must be all, text or both, got {self.influence_params!r}")
         if not self.influence_eps > 0:
             raise ValueError(f"influence_eps must be > 0, got {self.influence_eps}")
+        if not 0.0 <= self.influence_direction_momentum < 1.0:
+            raise ValueError(f"influence_direction_momentum must be in [0, 1), got {self.influence_direction_momentum}")
         if not 0.0 <= self.rater_ema_decay < 1.0:
             raise ValueError(f"rater_ema_decay must be in [0, 1), got {self.rater_ema_decay}")
         if self.baseline not in ("reference", "ema"):
@@ -195,6 +200,8 @@ class BilevelState:
     gain_cache: dict[str, float] = field(default_factory=dict)
     opt_warm: torch.optim.Optimizer | None = None
     group_init: dict | None = None
+    # training.influence_direction_momentum > 0: the running mean of the unit val gradients (one dict per group).
+    influence_direction: list[dict[str, torch.Tensor]] | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -336,6 +343,7 @@ def start_member(state: BilevelState, config: BilevelConfig, member: int) -> Non
     state.rater.active_member = member
     state.opt_rater = _rater_optimizer(state.rater, config, member)
     state.baseline = None
+    state.influence_direction = None  # the val direction's running mean is this member's θ's
 
 
 @torch.no_grad()
@@ -401,8 +409,14 @@ def _influence_groups(theta: DiffusionProxy, which: str) -> list[list[str]]:
     return [everything, caption_parameter_names(theta)]
 
 
+def _unit(direction: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in direction.values())).clamp_min(1e-20)
+    return {n: (g / norm).to(g.dtype) for n, g in direction.items()}
+
+
 def influence_signal(theta: DiffusionProxy, rows: Split, val_loss: torch.Tensor, config: BilevelConfig, step: int,
-                     direction: list[dict[str, torch.Tensor]] | None = None):
+                     direction: list[dict[str, torch.Tensor]] | None = None,
+                     running: list[dict[str, torch.Tensor]] | None = None):
     """s_i = −⟨∇L(θ; x_i), ĝ⟩: the one-step meta-gradient of the val loss with respect to x_i's weight (up to the
     step size), with ĝ = ∇L_val / ‖∇L_val‖ over the chosen parameters. A sample whose gradient points where the clean
     val set wants θ to go gets s < 0 and is up-weighted; one the val set disagrees with (its caption belongs to another
@@ -416,8 +430,13 @@ def influence_signal(theta: DiffusionProxy, rows: Split, val_loss: torch.Tensor,
         for names in groups:
             grads = torch.autograd.grad(val_loss, [params[n] for n in names], retain_graph=True, allow_unused=True)
             grads = [torch.zeros_like(params[n]) if g is None else g.detach() for n, g in zip(names, grads)]
-            norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).clamp_min(1e-20)
-            direction.append({n: (g / norm).to(g.dtype) for n, g in zip(names, grads)})
+            direction.append(_unit(dict(zip(names, grads))))
+        if running is not None:  # ĝ ← unit(m·ĝ_prev + (1 − m)·ĝ_step); the first step starts the mean
+            m = config.influence_direction_momentum
+            if running:
+                direction = [_unit({n: m * prev[n] + (1 - m) * g for n, g in d.items()})
+                             for prev, d in zip(running, direction)]
+            running[:] = direction
 
     signals, mids = [], []
     with torch.no_grad():
@@ -459,7 +478,12 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
     val_loss = theta.loss_at(x0v, t_v, eps_v, val_batch.tokens, val_batch.mask).mean()
     # s at θ_k (and θ̂_k), evaluated before either proxy steps.
     if config.mode == "influence":
-        l_theta_crn, s, direction = influence_signal(theta, batch.rows, val_loss, config, step)
+        running = None
+        if config.influence_direction_momentum > 0:
+            if state.influence_direction is None:
+                state.influence_direction = []
+            running = state.influence_direction
+        l_theta_crn, s, direction = influence_signal(theta, batch.rows, val_loss, config, step, running=running)
         scale = s.std().clamp_min(1e-20) if len(s) > 1 else s.abs().clamp_min(1e-20)
         s = s / scale  # unit spread: the rater's step and logit_l2 see the same scale at every step
     else:
@@ -535,12 +559,30 @@ def record_probe(state: BilevelState, probe: Split, config: BilevelConfig, step:
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
+class _Directions:
+    """state.influence_direction as a checkpoint entry: one safetensors file, keys "<group>/<parameter name>"."""
+
+    def __init__(self, state: BilevelState):
+        self.state = state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{g}/{n}": t for g, d in enumerate(self.state.influence_direction) for n, t in d.items()}
+
+    def load_state_dict(self, flat: dict[str, torch.Tensor]) -> None:
+        groups: dict[int, dict[str, torch.Tensor]] = {}
+        for key, tensor in flat.items():
+            g, name = key.split("/", 1)
+            groups.setdefault(int(g), {})[name] = tensor
+        self.state.influence_direction = [groups[g] for g in sorted(groups)]
+
+
 def _modules(state: BilevelState) -> dict:
     return {"rater": state.rater, "theta_hat": state.theta_hat.network,
             "theta": state.theta.network if state.theta is not None else None,
             **{f"fold_prior_{f}": prior.network for f, prior in enumerate(state.fold_priors)},
             "rater_average": state.rater_average,
-            "warm_theta_hat": state.warm_theta_hat.network if state.warm_theta_hat is not None else None}
+            "warm_theta_hat": state.warm_theta_hat.network if state.warm_theta_hat is not None else None,
+            "influence_direction": _Directions(state) if state.influence_direction else None}
 
 
 def _optimizers(state: BilevelState) -> dict:
@@ -561,6 +603,8 @@ def resume(state: BilevelState, directory: Path, config: BilevelConfig) -> None:
         member = min(member, state.rater.config.ensemble - 1)
         state.rater.active_member = member
         state.opt_rater = _rater_optimizer(state.rater, config, member)
+    if checkpoint.has("influence_direction"):
+        state.influence_direction = [{}]  # a placeholder that _modules lists; restore fills it
     checkpoint.restore(_modules(state), _optimizers(state))
     json_state = checkpoint.state
     state.step, state.baseline = json_state["step"], json_state["baseline"]
