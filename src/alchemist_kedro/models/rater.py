@@ -69,6 +69,13 @@ class RaterConfig:
     # pool mean and spread. The meta-gradient draws are noisy: one phase's ranking moves by about a point of
     # defective share between seeds, and which defect kinds it keeps moves with it.
     ensemble: int = 1
+    # > 1 (with alignment_feature): the alignment cosine is cross-fitted on the pool. The pool is split into this many
+    # parts by a hash of each row's caption embedding (rows that share a caption, e.g. an image with a logo pasted on
+    # and its original, fall in one part), one projection per part is fitted on the val pairs plus the OTHER parts'
+    # rows, and a row is read by the projection that never saw its caption. 200 val pairs are few for a contrastive
+    # fit; the pool is ten times more, and its noise is what CLIP-style training tolerates. Rows outside the pool
+    # (another corpus) are read the same way, by their caption's part.
+    alignment_folds: int = 1
     alignment_config: dict | None = None  # the projection's AlignmentConfig (from its artifact, not from conf)
     proxy_config: dict | None = None  # the proxy's ProxyConfig (from training, not from conf)
 
@@ -87,6 +94,12 @@ class Rater(nn.Module):
             from alchemist_kedro.models.alignment import AlignmentConfig, AlignmentModel
 
             self.alignment = AlignmentModel(AlignmentConfig(**config.alignment_config)).requires_grad_(False)
+            if config.alignment_folds < 1:
+                raise ValueError(f"rater.model.alignment_folds must be >= 1, got {config.alignment_folds}")
+            # Part f's projection is alignment (f = 0) or fold_alignments[f - 1], as for the fold priors.
+            self.fold_alignments = nn.ModuleList(
+                AlignmentModel(AlignmentConfig(**config.alignment_config)).requires_grad_(False)
+                for _ in range(config.alignment_folds - 1))
         self.proxy = None
         self.prior_patches = False
         if config.proxy_features:
@@ -295,6 +308,20 @@ class Rater(nn.Module):
             out.append(torch.stack([typicality, agreement], dim=-1))
         return torch.cat(out) if out else torch.zeros((0, 2), device=text.device)
 
+    def alignment_parts(self, text: torch.Tensor) -> torch.Tensor:
+        """(N,) the part of alignment_folds each row's caption falls in (0 when not cross-fitted)."""
+        if self.config.alignment_folds < 2:
+            return torch.zeros(len(text), dtype=torch.long, device=text.device)
+        return fold_of(text, self.config.alignment_folds)
+
+    def alignment_values(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The alignment cosine, each row read by its caption part's projection (alignment_folds)."""
+        models = [self.alignment, *getattr(self, "fold_alignments", [])]
+        if len(models) == 1:
+            return self.alignment.eval()(image, text)
+        cosines = torch.stack([model.eval()(image, text) for model in models], dim=-1)
+        return cosines.gather(-1, self.alignment_parts(text)[..., None]).squeeze(-1)
+
     def inputs(self, features: torch.Tensor) -> torch.Tensor:
         """image_emb ⊕ text_emb (embedding_inputs), plus the derived inputs the rater has: the alignment cosine, the
         proxy's two values, the two reference values, the patch anomaly. patch_emb itself never reaches the MLPs."""
@@ -306,7 +333,7 @@ class Rater(nn.Module):
         parts = [features[..., :base]] if self.config.embedding_inputs else []
         with torch.no_grad():
             if self.alignment is not None:
-                parts.append(self.alignment.eval()(image, text).unsqueeze(-1))
+                parts.append(self.alignment_values(image, text).unsqueeze(-1))
             if self.proxy is not None:
                 folds = fold_of(features[..., :base], self.config.proxy_folds) if self.config.proxy_folds > 1 else None
                 prior_image = image
@@ -411,7 +438,7 @@ def rater_from_artifact(artifact: dict) -> Rater:
     # inputs, the embeddings in.
     config = {"text_dim": 0, "interaction_rank": 0, "alignment_feature": False, "proxy_features": False,
               "proxy_feature_timesteps": 4, "embedding_inputs": True, "reference_inputs": False, "reference_k": 10,
-              "reference_max_rows": 4096, "proxy_folds": 1, "patch_inputs": False, "patch_dim": 0,
+              "reference_max_rows": 4096, "proxy_folds": 1, "patch_inputs": False, "patch_dim": 0, "alignment_folds": 1,
               **artifact["config"]}
     rater = Rater(RaterConfig(**config))
     rater.load_state_dict(artifact["state_dict"])

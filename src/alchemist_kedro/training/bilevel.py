@@ -33,6 +33,7 @@ from alchemist_kedro.models.proxy import (
     per_sample_loss,
     training_loss,
 )
+from alchemist_kedro.models.alignment import AlignmentConfig, fit_alignment
 from alchemist_kedro.models.rater import Rater, RaterConfig, fold_of, weight_entropy
 from alchemist_kedro.hashing import run_fingerprint
 from alchemist_kedro.training.checkpoints import load_latest_checkpoint, save_checkpoint
@@ -254,6 +255,23 @@ def _rater_optimizer(rater: Rater, config: BilevelConfig, member: int) -> torch.
     )
 
 
+def fit_fold_alignments(rater: Rater, data: RaterData, seed: int) -> None:
+    """rater.model.alignment_folds: part f's projection fitted on the val pairs plus the pool rows of the other
+    parts (parts by caption: Rater.alignment_parts), with the val projection's AlignmentConfig."""
+    if data.val_features is None:
+        raise ValueError("rater.model.alignment_folds > 1 fits on the val pairs too: RaterData.val_features is missing")
+    split, base = rater.image_dim, rater.base_dim
+    pool = data.pool_features[:, :base].float().cpu()
+    val = data.val_features[:, :base].float().cpu()
+    parts = rater.alignment_parts(pool[:, split:]).numpy()
+    config = AlignmentConfig(**rater.config.alignment_config)
+    for f, model in enumerate([rater.alignment, *rater.fold_alignments]):
+        rows = torch.as_tensor(np.flatnonzero(parts != f))
+        image = torch.cat([val[:, :split], pool[rows, :split]]).numpy()
+        text = torch.cat([val[:, split:], pool[rows, split:]]).numpy()
+        model.load_state_dict(fit_alignment(image, text, config, seed=seed + f).state_dict())
+
+
 def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterConfig, config: BilevelConfig,
                vae=None, alignment_state: dict | None = None, device: torch.device | str = "cpu") -> BilevelState:
     torch.manual_seed(config.seed)  # initial weights of θ̂ and μ
@@ -263,6 +281,8 @@ def init_state(data: RaterData, proxy_config: ProxyConfig, rater_config: RaterCo
         if alignment_state is None:
             raise ValueError("the rater's alignment feature needs the fitted alignment model's weights")
         rater.alignment.load_state_dict(alignment_state)
+        if rater_config.alignment_folds > 1:
+            fit_fold_alignments(rater, data, config.seed)
     if rater_config.reference_inputs:
         if data.val_features is None:
             raise ValueError("rater.model.reference_inputs needs the val pairs' features (RaterData.val_features)")
