@@ -316,7 +316,7 @@ class Rater(nn.Module):
 
     def alignment_values(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The alignment cosine, each row read by its caption part's projection (alignment_folds)."""
-        models = [self.alignment, *getattr(self, "fold_alignments", [])]
+        models = [self.alignment, *self.fold_alignments]
         if len(models) == 1:
             return self.alignment.eval()(image, text)
         cosines = torch.stack([model.eval()(image, text) for model in models], dim=-1)
