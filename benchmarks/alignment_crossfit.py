@@ -3,7 +3,7 @@ the clean-vs-kind ROC-AUC of the alignment cosine from a projection fitted on va
 from a cross-fitted one: the pool split in two by rater.models.fold_of, each half scored by a projection fitted on
 val + the other half (as CLIP-score filtering, with a model trained on the noisy data itself).
 
-    .venv/bin/python benchmarks/alignment_crossfit.py [--data data]
+    .venv/bin/python benchmarks/alignment_crossfit.py [--data data] [--env openclipart]
 
 Needs a finished `make run` (samples, features). Reads the evaluation-only `defect` column. A few seconds per fit.
 """
@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
+import rater_signals as rs  # benchmarks/
 from alchemist_kedro.models.alignment import AlignmentConfig, alignment_scores, fit_alignment
 from alchemist_kedro.models.rater import fold_of
-
-ROOT = Path(__file__).resolve().parents[1]
+from alchemist_kedro.tables import concat_partitions
 
 
 def stack(column: pd.Series) -> np.ndarray:
@@ -29,26 +29,27 @@ def stack(column: pd.Series) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT / "data"))
+    ap.add_argument("--data", default=str(rs.ROOT / "data"))
+    ap.add_argument("--env", default=None, help="read the outputs of `kedro run --env ENV` (e.g. openclipart)")
     ap.add_argument("--folds", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = Path(args.data)
-    side = pd.concat(pd.read_parquet(p, columns=["uid", "split", "defect"])
-                     for p in sorted((data / "03_primary/samples").glob("*.parquet")))
-    feats = pd.concat(pd.read_parquet(p, columns=["uid", "image_emb", "text_emb"])
-                      for p in sorted((data / "04_feature/features").glob("*.parquet")))
+    rs.ENV, data = args.env, Path(args.data)
+    side = concat_partitions(rs.partitions(rs.at(data, "03_primary/samples"), ["uid", "split", "defect"]))
+    feats = concat_partitions(rs.partitions(rs.at(data, "04_feature/features"), ["uid", "image_emb", "text_emb"]))
     rows = side.merge(feats, on="uid").sort_values("uid", kind="stable")
     val, pool = rows[rows["split"] == "val"], rows[rows["split"] == "pool"].reset_index(drop=True)
-    config = AlignmentConfig(projection_dim=64, hidden_dim=0, epochs=100, batch_size=256, learning_rate=1e-3)
+    evaluate = rs.conf_parameters(args.env)["evaluate"]  # the rater's val projection is fitted with these
+    config, seed = AlignmentConfig(**evaluate["alignment"]), int(evaluate["seed"])
     vi, vt, pi, pt = stack(val["image_emb"]), stack(val["text_emb"]), stack(pool["image_emb"]), stack(pool["text_emb"])
 
-    on_val = alignment_scores(fit_alignment(vi, vt, config), pi, pt)
+    on_val = alignment_scores(fit_alignment(vi, vt, config, seed=seed), pi, pt)
     def crossfit(fold: np.ndarray) -> np.ndarray:
         out = np.zeros(len(pool))
         for f in range(args.folds):
             train = fold != f
-            model = fit_alignment(np.concatenate([pi[train], vi]), np.concatenate([pt[train], vt]), config)
+            model = fit_alignment(np.concatenate([pi[train], vi]), np.concatenate([pt[train], vt]), config,
+                                  seed=seed + f)
             out[~train] = alignment_scores(model, pi[~train], pt[~train])
         return out
 
