@@ -406,3 +406,14 @@ def test_a_prior_on_patch_cells_reads_them_and_travels_with_the_artifact():
             torch.testing.assert_close(again.inputs(moved), rater.inputs(moved))
     torch.testing.assert_close(*l_hat[False])  # the plain prior does not read the cells
     assert float((l_hat[True][0] - l_hat[True][1]).abs().mean()) > 1e-3, l_hat[True]
+
+
+def test_val_caption_weight_enters_theta_s_objective_and_is_logged():
+    """training.val_caption_weight > 0: θ steps on the val objective with the caption cross-entropy (val_objective),
+    so θ and the rater move differently, and the cross-entropy is in the history; 0 logs no such metric."""
+    plain, with_ce = _small_run(), _small_run(val_caption_weight=1.0)
+    assert "meta/val_caption_ce" not in plain.history
+    ce = [row["value"] for row in with_ce.history["meta/val_caption_ce"]]
+    assert len(ce) == 6 and all(np.isfinite(ce)) and min(ce) > 0
+    assert not _same_state(plain.theta, with_ce.theta)
+    assert not _same_state(plain.rater, with_ce.rater)

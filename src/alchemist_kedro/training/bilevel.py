@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
@@ -98,6 +99,9 @@ class BilevelConfig:
     # influence only: the val direction ĝ is the running mean of the steps' unit val gradients with this momentum (0 =
     # this step's alone). One step's ∇L_val is one val batch's gradient; the mean over steps is the val set's.
     influence_direction_momentum: float = 0.0
+    # β ≥ 0: the val objective θ learns (and influence's ĝ follows) is mean L(θ; v) + β · τ · CE, CE the diffusion
+    # classifier's cross-entropy over the val batch's captions (val_objective). 0 = the val loss alone (the paper).
+    val_caption_weight: float = 0.0
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -109,6 +113,8 @@ class BilevelConfig:
             raise ValueError(f"influence_eps must be > 0, got {self.influence_eps}")
         if not 0.0 <= self.influence_direction_momentum < 1.0:
             raise ValueError(f"influence_direction_momentum must be in [0, 1), got {self.influence_direction_momentum}")
+        if not self.val_caption_weight >= 0.0:
+            raise ValueError(f"val_caption_weight must be >= 0, got {self.val_caption_weight}")
         if not 0.0 <= self.rater_ema_decay < 1.0:
             raise ValueError(f"rater_ema_decay must be in [0, 1), got {self.rater_ema_decay}")
         if self.baseline not in ("reference", "ema"):
@@ -487,6 +493,31 @@ def influence_signal(theta: DiffusionProxy, rows: Split, val_loss: torch.Tensor,
     return mids[0], signal, direction
 
 
+def val_objective(theta: DiffusionProxy, x0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor, val: Split,
+                  weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(objective, mean own-caption val loss, caption cross-entropy or None) on one val batch at the given draws.
+
+    The paper's meta-objective is the val loss. Under a prior trained with caption dropout that loss does not
+    penalise a pool caption that says nothing (boilerplate, a file name): such a row is one more unconditional
+    example, and the val loss after training on it is the clean control's (README "What the val objective itself
+    says"). What it costs is caption following. With weight β > 0 the objective also asks each val image to be
+    explained by its own caption rather than by the batch's other captions: the diffusion classifier (Li et al. 2023,
+    "Your diffusion model is secretly a zero-shot classifier") with logits −L(θ; x_i, c_j) / τ on image i's draws,
+    CE its cross-entropy, τ the batch's mean own loss (detached), and the objective L̄ + β · τ · CE, whose gradient
+    with respect to each L(x_i, c_j) is (δ_ij / B) + β (p_ij − δ_ij) / B: the two terms in the same units."""
+    if weight == 0:
+        own = theta.loss_at(x0, timesteps, noise, val.tokens, val.mask).mean()
+        return own, own, None
+    b = len(val)
+    grid = theta.loss_at(x0.repeat_interleave(b, 0), timesteps.repeat_interleave(b), noise.repeat_interleave(b, 0),
+                         val.tokens.repeat(b, *([1] * (val.tokens.ndim - 1))),
+                         val.mask.repeat(b, *([1] * (val.mask.ndim - 1)))).view(b, b)  # [i, j]: image i, caption j
+    own = grid.diagonal().mean()
+    tau = own.detach().clamp_min(1e-12)
+    ce = F.cross_entropy(-grid / tau, torch.arange(b, device=grid.device))
+    return own + weight * tau * ce, own, ce
+
+
 def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Batch | None, config: BilevelConfig,
               ul: float, step: int) -> dict[str, float]:
     """One meta step (method.md "Training loop"): rater weights, θ step (eq. 5), θ̂ step (eq. 6), rater step."""
@@ -495,7 +526,7 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
     logits, w_inst, w_batch, w = rater(batch.features, prepared=batch.prepared)
     x0v = theta.encode(val_batch.images)
     t_v, eps_v, _ = draw_training_noise(theta, x0v, generator_for(config.seed, "val-noise", step))
-    val_loss = theta.loss_at(x0v, t_v, eps_v, val_batch.tokens, val_batch.mask).mean()
+    val_loss, val_own, val_ce = val_objective(theta, x0v, t_v, eps_v, val_batch, config.val_caption_weight)
     # s at θ_k (and θ̂_k), evaluated before either proxy steps.
     if config.mode == "influence":
         running = None
@@ -548,7 +579,7 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
 
     metrics = {
         "meta/train_weighted_loss": float((w_inst.detach() * l_theta_crn).sum()),
-        "meta/val_loss": val_loss.item(),
+        "meta/val_loss": val_own.item(),
         "meta/weight_entropy": weight_entropy(w_inst),
         "meta/batch_weight": float(w_batch.detach()),
         "meta/baseline": baseline,
@@ -560,6 +591,9 @@ def meta_step(state: BilevelState, batch: Batch, val_batch: Split, reference: Ba
         "lr/rater": state.opt_rater.param_groups[0]["lr"],
         "lr/rater_group": state.opt_rater.param_groups[1]["lr"],
     }
+    if val_ce is not None:
+        metrics["meta/val_caption_ce"] = val_ce.item()
+        metrics["meta/val_objective"] = val_loss.item()
     if eq6:
         metrics["meta/theta_gap"] = float(s.mean())  # mean L(θ) − L(θ̂) on the CRN draws
     return metrics
