@@ -500,7 +500,7 @@ def val_objective(theta: DiffusionProxy, x0: torch.Tensor, timesteps: torch.Tens
     The paper's meta-objective is the val loss. Under a prior trained with caption dropout that loss does not
     penalise a pool caption that says nothing (boilerplate, a file name): such a row is one more unconditional
     example, and the val loss after training on it is the clean control's (README "What the val objective itself
-    says"). What it costs is caption following. With weight β > 0 the objective also asks each val image to be
+    says per kind"). What it costs is caption following. With weight β > 0 the objective also asks each val image to be
     explained by its own caption rather than by the batch's other captions: the diffusion classifier (Li et al. 2023,
     "Your diffusion model is secretly a zero-shot classifier") with logits −L(θ; x_i, c_j) / τ on image i's draws,
     CE its cross-entropy, τ the batch's mean own loss (detached), and the objective L̄ + β · τ · CE, whose gradient
