@@ -228,6 +228,36 @@ def test_patch_inputs_score_the_worst_cell_against_the_clean_val_patches():
     np.testing.assert_allclose(loaded.inputs(one_odd_cell).numpy(), rater.inputs(one_odd_cell).numpy())
 
 
+def test_global_anomaly_inputs_read_a_whole_image_shift_that_no_single_cell_shows():
+    """Every cell moved a little (a degradation of the whole image) raises the mean-cell input more than the worst-cell
+    one; an image unlike every val image raises the image-level input; the banks travel with the weights."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(8, 10, generator=gen)
+    clean_cells = torch.tensor([1.0, 0.2, 0.0, 0.0]) + 0.05 * torch.randn(8, 3, 4, generator=gen)
+    val = torch.cat([base, clean_cells.reshape(8, -1)], dim=1)
+    rater = _patch_rater(global_anomaly_inputs=True)
+    rater.attach_patch_bank(val)
+    assert int(rater.image_bank_rows) == 8
+    like_val = val[:2].clone()
+    all_cells_shifted = val[:2].clone()
+    all_cells_shifted[:, 10:] = (clean_cells[:2] + torch.tensor([0.0, 0.0, 0.45, 0.0])).reshape(2, -1)
+    one_odd_cell = val[:2].clone()
+    one_odd_cell[:, 10 + 4:10 + 8] = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    other_image = val[:2].clone()
+    other_image[:, :6] = -base[:2, :6]  # image_emb is the first 6 of the 10 base features (text_dim 4)
+    like, shifted, odd, image = (rater.patch_values(x) for x in (like_val, all_cells_shifted, one_odd_cell, other_image))
+    assert like.shape == (2, 3) and (like.abs() < 1e-5).all(), like
+    # the whole-image shift: the mean near the worst (every cell alike); one odd cell of three: mean = worst / 3
+    assert (shifted[:, 0] > 0.02).all() and (shifted[:, 1] > 0.7 * shifted[:, 0]).all(), shifted
+    torch.testing.assert_close(odd[:, 1], odd[:, 0] / 3, rtol=1e-3, atol=1e-3)
+    assert (image[:, 2] > 0.3).all() and (image[:, :2].abs() < 1e-5).all(), image
+    assert rater.inputs(one_odd_cell).shape == (2, 3)
+    loaded = rater_from_artifact(rater_to_artifact(rater))
+    np.testing.assert_allclose(loaded.inputs(other_image).numpy(), rater.inputs(other_image).numpy())
+    with pytest.raises(ValueError, match="set patch_inputs true"):
+        _patch_rater(global_anomaly_inputs=True, patch_inputs=False)
+
+
 def test_patch_inputs_keep_at_most_the_bank_size_and_refuse_features_without_patches():
     rater = _patch_rater(bank=5)
     with pytest.raises(ValueError, match="attach_patch_bank"):
@@ -259,3 +289,26 @@ def test_prior_input_gives_the_image_and_the_patch_cells_equal_width_and_norm():
     wide = prior_input(torch.randn(6, 1024), patches, 128)  # 1024 / 4 cells >= 128: the cells as they are
     torch.testing.assert_close(wide[:, 1024:].reshape(6, 4, 128) * 2, torch.nn.functional.normalize(
         patches.reshape(6, 4, 128), dim=-1))
+
+
+def test_two_sided_rater_scores_a_pair_by_its_weaker_side():
+    """The instance logit is the soft minimum of an image-side MLP (patch anomaly) and a caption-side one (reference
+    values): a very low side pulls the pair down whatever the other side says; both train with the rater step."""
+    torch.manual_seed(0)
+    rater = _patch_rater(two_sided=True, reference_inputs=True, reference_k=1)
+    val = torch.randn(8, 22, generator=torch.Generator().manual_seed(1))
+    rater.attach_reference(val), rater.attach_patch_bank(val)
+    assert rater.image_columns == [2] and rater.caption_columns == [0, 1]  # inputs(): reference ×2, then patch
+    assert rater.instance_mlp[0].in_features == 1 and rater.caption_mlp[0].in_features == 2
+    f = rater.standardise(val)
+    sides = rater.side_logits(f)
+    logits = rater._logits(f)
+    torch.testing.assert_close(logits, -torch.logsumexp(-sides, dim=-1))
+    assert (logits <= sides.min(-1).values + 1e-6).all()
+    with torch.no_grad():
+        rater.caption_mlp[-1].bias.fill_(-20.0)  # a caption side far below: the pair follows it
+    assert (rater._logits(f) < -19.0).all()
+    with pytest.raises(ValueError, match="two_sided needs an image-side input"):
+        _patch_rater(two_sided=True, patch_inputs=False, reference_inputs=True)
+    loaded = rater_from_artifact(rater_to_artifact(rater))
+    np.testing.assert_allclose(loaded.instance_logits(val).detach().numpy(), rater.instance_logits(val).detach().numpy())

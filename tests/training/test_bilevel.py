@@ -417,3 +417,28 @@ def test_val_caption_weight_enters_theta_s_objective_and_is_logged():
     assert len(ce) == 6 and all(np.isfinite(ce)) and min(ce) > 0
     assert not _same_state(plain.theta, with_ce.theta)
     assert not _same_state(plain.rater, with_ce.rater)
+
+
+def test_a_two_sided_rater_trains_both_sides_and_scores_by_the_weaker():
+    """rater.model.two_sided: the image side (the prior's loss L̂) and the caption side (its caption gain) are two MLPs,
+    both in the rater step's optimiser (a side left out would keep its initial weights), and the artifact's score is
+    their soft minimum."""
+    data = _random_pairs(n_pool=64, n_val=16)
+    proxy = tiny_proxy_config(space="embedding", prior_hidden_dim=16, prior_blocks=1)
+    rater_config = RaterConfig(**base_params("rater.model", patch_inputs=False, alignment_feature=False, text_dim=8,
+                                             feature_dim=24, hidden_dim=8, group_hidden_dim=4, two_sided=True,
+                                             proxy_config=asdict(proxy)))
+    raters = {}
+    for steps in (1, 8):
+        config = BilevelConfig(**base_params("rater.training", warmup_steps=20, meta_steps=steps, batch_size=16,
+                                             val_batch_size=8, trace_every=10**6, probe_size=2))
+        raters[steps] = train_rater_bilevel(data, proxy, rater_config, config).rater
+    short, long = raters[1], raters[8]
+    assert long.image_columns == [0] and long.caption_columns == [1]  # inputs(): L̂, then the gain
+    for side in ("instance_mlp", "caption_mlp"):
+        a, b = getattr(short, side)[0].weight, getattr(long, side)[0].weight
+        assert not torch.allclose(a, b), f"{side} did not train"
+    f = long.standardise(data["pool_features"])
+    again = rater_from_artifact(rater_to_artifact(long))
+    np.testing.assert_allclose(score_with_rater(again, data["pool_features"]),
+                               (-torch.logsumexp(-long.side_logits(f), -1)).detach().numpy(), rtol=1e-5, atol=1e-6)

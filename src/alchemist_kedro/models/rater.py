@@ -64,6 +64,17 @@ class RaterConfig:
     patch_dim: int = 0  # width of the patch part of the features (from the data; 0 = none)
     patch_cell_dim: int = 128
     patch_bank_size: int = 2048
+    # True (with patch_inputs): two more inputs that read the whole image against the clean val images, where the
+    # worst cell reads one place: 1 − the MEAN over the cells of the nearest val patch's cosine, and 1 − the cosine of
+    # image_emb to the nearest val image (PatchCore's image-level score beside its patch score). A degradation of the
+    # whole image (compression, blur, a resize, a colour change) moves every cell a little and no single cell far.
+    global_anomaly_inputs: bool = False
+    # True: two instance MLPs, one over the image-side derived inputs (the prior's loss L̂, the patch anomalies) and one
+    # over the caption-side ones (the alignment cosine, the caption gain, the reference values), and the instance
+    # logit is their soft minimum, −log(e^−a_image + e^−a_caption): a pair is as good as its weaker side, so a clean
+    # image cannot buy back a caption that does not describe it, nor the reverse. One MLP over all inputs learns an
+    # additive compromise, in which the side that explains more of the meta-gradient's variance takes the weight.
+    two_sided: bool = False
     # > 1: the rater is an ensemble of this many instance MLPs, member r trained by its own meta phase from the one
     # shared warm-up (training/bilevel.py); the score is the mean of the members' logits, each standardised by its
     # pool mean and spread. The meta-gradient draws are noisy: one phase's ranking moves by about a point of
@@ -144,24 +155,50 @@ class Rater(nn.Module):
                                  f"({config.patch_cell_dim}, globals.yml patch_dim)")
             self.register_buffer("patch_bank", torch.zeros(int(config.patch_bank_size), config.patch_cell_dim))
             self.register_buffer("patch_bank_rows", torch.zeros((), dtype=torch.int64))
+        if config.global_anomaly_inputs:
+            if not config.patch_inputs:
+                raise ValueError("rater.model.global_anomaly_inputs reads the patch bank: set patch_inputs true")
+            self.register_buffer("image_bank", torch.zeros(int(config.patch_bank_size), self.image_dim))
+            self.register_buffer("image_bank_rows", torch.zeros((), dtype=torch.int64))
         derived = ((1 if self.alignment is not None else 0) + (2 if self.proxy is not None else 0)
-                   + (2 if config.reference_inputs else 0) + (1 if config.patch_inputs else 0))
+                   + (2 if config.reference_inputs else 0) + (1 if config.patch_inputs else 0)
+                   + (2 if config.global_anomaly_inputs else 0))
         if not config.embedding_inputs and (derived == 0 or config.interaction_rank > 0):
             raise ValueError("embedding_inputs=false leaves the rater only its derived inputs: it needs "
                              "alignment_feature or proxy_features, and interaction_rank 0 (the interaction reads the "
                              "embeddings)")
         d = (self.base_dim if config.embedding_inputs else 0) + derived
+        self.image_columns: list[int] = []
+        self.caption_columns: list[int] = []
+        if config.two_sided:
+            if config.embedding_inputs or config.interaction_rank > 0 or config.ensemble > 1:
+                raise ValueError("rater.model.two_sided splits the derived inputs: set embedding_inputs false, "
+                                 "interaction_rank 0 and ensemble 1")
+            # The column order of inputs(): alignment, L̂, gain, reference typicality / agreement, patch anomalies.
+            sides = (["caption"] if self.alignment is not None else []) + (
+                ["image", "caption"] if self.proxy is not None else []) + (
+                ["caption", "caption"] if config.reference_inputs else []) + (
+                ["image"] if config.patch_inputs else []) + (["image"] * 2 if config.global_anomaly_inputs else [])
+            self.image_columns = [j for j, side in enumerate(sides) if side == "image"]
+            self.caption_columns = [j for j, side in enumerate(sides) if side == "caption"]
+            if not self.image_columns or not self.caption_columns:
+                raise ValueError("rater.model.two_sided needs an image-side input (proxy_features or patch_inputs) "
+                                 "and a caption-side one (alignment_feature, proxy_features or reference_inputs)")
         # Standardisation is fixed (computed once on the pool, stored with the weights), not per batch: the
         # instance logit is the corpus-wide ranking key, so it must not depend on which batch a sample sits in.
         self.register_buffer("feature_mean", torch.zeros(d))
         self.register_buffer("feature_std", torch.ones(d))
         self.instance_mlp = nn.Sequential(
-            nn.Linear(d, config.hidden_dim),
+            nn.Linear(len(self.image_columns) or d, config.hidden_dim),
             nn.GELU(),
             nn.Linear(config.hidden_dim, config.hidden_dim),
             nn.GELU(),
             nn.Linear(config.hidden_dim, 1),
         )
+        self.caption_mlp = nn.Sequential(
+            nn.Linear(len(self.caption_columns), config.hidden_dim), nn.GELU(),
+            nn.Linear(config.hidden_dim, config.hidden_dim), nn.GELU(), nn.Linear(config.hidden_dim, 1),
+        ) if config.two_sided else None
         self.interaction = None
         if config.interaction_rank > 0:
             image_dim = self.image_dim
@@ -274,20 +311,35 @@ class Rater(nn.Module):
         self.patch_bank.zero_()
         self.patch_bank[:rows] = cells[pick.to(cells.device)]
         self.patch_bank_rows.fill_(rows)
+        if self.config.global_anomaly_inputs:
+            images = nn.functional.normalize(val_features[:, :self.image_dim].float(), dim=1)
+            rows = min(len(images), int(self.config.patch_bank_size))
+            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:rows].sort().values
+            self.image_bank.zero_()
+            self.image_bank[:rows] = images[pick.to(images.device)]
+            self.image_bank_rows.fill_(rows)
 
     @torch.no_grad()
     def patch_values(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, 1): 1 − the lowest over the image's cells of the cosine to the nearest clean val patch."""
+        """(N, 1): 1 − the lowest over the image's cells of the cosine to the nearest clean val patch; with
+        global_anomaly_inputs (N, 3): that, 1 − the mean over the cells, and 1 − image_emb's cosine to the nearest val
+        image."""
         rows = int(self.patch_bank_rows)
         if rows < 1:
             raise ValueError("the rater's patch bank is empty: attach_patch_bank(val features) before use")
         bank = self.patch_bank[:rows]
+        wide = self.config.global_anomaly_inputs
+        images = self.image_bank[:int(self.image_bank_rows)] if wide else None
         out = []
         for start in range(0, len(features), 1024):  # bounded (chunk · cells × bank) similarity matrices
-            cells = self._cells(features[start:start + 1024])
-            nearest = (cells @ bank.T).amax(-1)  # (n, cells)
-            out.append(1 - nearest.amin(-1, keepdim=True))
-        return torch.cat(out) if out else torch.zeros((0, 1), device=features.device)
+            chunk = features[start:start + 1024]
+            nearest = (self._cells(chunk) @ bank.T).amax(-1)  # (n, cells)
+            values = [1 - nearest.amin(-1, keepdim=True)]
+            if wide:
+                image = nn.functional.normalize(chunk[:, :self.image_dim].float(), dim=1)
+                values += [1 - nearest.mean(-1, keepdim=True), 1 - (image @ images.T).amax(-1, keepdim=True)]
+            out.append(torch.cat(values, dim=-1))
+        return torch.cat(out) if out else torch.zeros((0, 3 if wide else 1), device=features.device)
 
     @torch.no_grad()
     def reference_values(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -324,7 +376,8 @@ class Rater(nn.Module):
 
     def inputs(self, features: torch.Tensor) -> torch.Tensor:
         """image_emb ⊕ text_emb (embedding_inputs), plus the derived inputs the rater has: the alignment cosine, the
-        proxy's two values, the two reference values, the patch anomaly. patch_emb itself never reaches the MLPs."""
+        proxy's two values, the two reference values, the patch anomaly (and its global pair). patch_emb itself never
+        reaches the MLPs."""
         base, split = self.base_dim, self.image_dim
         if (self.alignment is None and self.proxy is None and not self.config.reference_inputs
                 and not self.config.patch_inputs):
@@ -369,6 +422,8 @@ class Rater(nn.Module):
             z = [(self.member(r)(f).squeeze(-1) - self.member_mean[r]) / self.member_std[r]
                  for r in range(self.config.ensemble)]
             return torch.stack(z).mean(0)
+        if self.caption_mlp is not None:
+            return self.side_logits(f).neg().logsumexp(-1).neg()
         logits = self.instance_mlp(f).squeeze(-1)
         if self.interaction is not None:
             split = self.image_dim
@@ -376,6 +431,11 @@ class Rater(nn.Module):
             text = self.interaction["text"](f[..., split:split + self.config.text_dim])
             logits = logits + (image * text).sum(-1) / self.config.interaction_rank**0.5
         return logits
+
+    def side_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """two_sided: (N, 2) the image side's and the caption side's logits of standardised inputs f."""
+        return torch.cat([self.instance_mlp(f[..., self.image_columns]),
+                          self.caption_mlp(f[..., self.caption_columns])], dim=-1)
 
     def instance_logits(self, features: torch.Tensor, prepared: bool = False) -> torch.Tensor:
         return self._logits(self.standardise(features, prepared))

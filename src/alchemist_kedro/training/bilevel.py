@@ -251,7 +251,8 @@ def _rater_optimizer(rater: Rater, config: BilevelConfig, member: int) -> torch.
     return torch.optim.AdamW(
         [
             {"params": list(rater.member(member).parameters())
-                        + (list(rater.interaction.parameters()) if rater.interaction is not None else []),
+                        + (list(rater.interaction.parameters()) if rater.interaction is not None else [])
+                        + (list(rater.caption_mlp.parameters()) if rater.caption_mlp is not None else []),
              "lr": config.rater_lr},
             {"params": list(rater.group_mlp.parameters()) if rater.group_mlp is not None else [],
              "lr": config.rater_group_lr, "eps": config.rater_group_eps},
