@@ -310,5 +310,31 @@ def test_two_sided_rater_scores_a_pair_by_its_weaker_side():
     assert (rater._logits(f) < -19.0).all()
     with pytest.raises(ValueError, match="two_sided needs an image-side input"):
         _patch_rater(two_sided=True, patch_inputs=False, reference_inputs=True)
+    with pytest.raises(ValueError, match="softmin or product"):
+        _patch_rater(two_sided=True, two_sided_combine="max")
     loaded = rater_from_artifact(rater_to_artifact(rater))
     np.testing.assert_allclose(loaded.instance_logits(val).detach().numpy(), rater.instance_logits(val).detach().numpy())
+
+
+def test_two_sided_product_scores_log_both_sides_good_and_feeds_each_side_its_own_gradient():
+    """two_sided_combine product: log σ(a_image) + log σ(a_caption). Unlike the soft minimum, a side that sits far
+    below the other on every row still leaves the other side its full gradient (no starvation)."""
+    torch.manual_seed(0)
+    val = torch.randn(8, 22, generator=torch.Generator().manual_seed(1))
+    raters = {}
+    for combine in ("softmin", "product"):
+        torch.manual_seed(0)
+        rater = _patch_rater(two_sided=True, two_sided_combine=combine, reference_inputs=True, reference_k=1)
+        rater.attach_reference(val), rater.attach_patch_bank(val)
+        with torch.no_grad():
+            rater.instance_mlp[-1].bias.fill_(-20.0)  # the image side far below the caption side on every row
+        raters[combine] = rater
+    f = raters["product"].standardise(val)
+    sides = raters["product"].side_logits(f)
+    torch.testing.assert_close(raters["product"]._logits(f), torch.nn.functional.logsigmoid(sides).sum(-1))
+    grads = {}
+    for combine, rater in raters.items():
+        rater.zero_grad()
+        rater._logits(rater.standardise(val)).sum().backward()
+        grads[combine] = rater.caption_mlp[-1].bias.grad.abs().item()
+    assert grads["softmin"] < 1e-6 < 0.1 < grads["product"], grads

@@ -75,6 +75,10 @@ class RaterConfig:
     # image cannot buy back a caption that does not describe it, nor the reverse. One MLP over all inputs learns an
     # additive compromise, in which the side that explains more of the meta-gradient's variance takes the weight.
     two_sided: bool = False
+    # How two_sided joins the sides: "softmin" as above, or "product": log σ(a_image) + log σ(a_caption), the log of
+    # "both sides are good". The soft minimum sends each side gradient only where it holds the minimum, so a side whose
+    # logits sit lower on every row can starve the other; in the product each side's gradient depends on itself alone.
+    two_sided_combine: str = "softmin"
     # > 1: the rater is an ensemble of this many instance MLPs, member r trained by its own meta phase from the one
     # shared warm-up (training/bilevel.py); the score is the mean of the members' logits, each standardised by its
     # pool mean and spread. The meta-gradient draws are noisy: one phase's ranking moves by about a point of
@@ -170,6 +174,8 @@ class Rater(nn.Module):
         d = (self.base_dim if config.embedding_inputs else 0) + derived
         self.image_columns: list[int] = []
         self.caption_columns: list[int] = []
+        if config.two_sided_combine not in ("softmin", "product"):
+            raise ValueError(f"rater.model.two_sided_combine must be softmin or product, not {config.two_sided_combine!r}")
         if config.two_sided:
             if config.embedding_inputs or config.interaction_rank > 0 or config.ensemble > 1:
                 raise ValueError("rater.model.two_sided splits the derived inputs: set embedding_inputs false, "
@@ -423,7 +429,10 @@ class Rater(nn.Module):
                  for r in range(self.config.ensemble)]
             return torch.stack(z).mean(0)
         if self.caption_mlp is not None:
-            return self.side_logits(f).neg().logsumexp(-1).neg()
+            sides = self.side_logits(f)
+            if self.config.two_sided_combine == "product":
+                return nn.functional.logsigmoid(sides).sum(-1)
+            return sides.neg().logsumexp(-1).neg()
         logits = self.instance_mlp(f).squeeze(-1)
         if self.interaction is not None:
             split = self.image_dim
