@@ -95,6 +95,12 @@ class RaterConfig:
     proxy_config: dict | None = None  # the proxy's ProxyConfig (from training, not from conf)
 
 
+def _instance_mlp(inputs: int, hidden: int) -> nn.Sequential:
+    """The instance MLP (one per ensemble member, one per side with two_sided): inputs → hidden → hidden → logit."""
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                         nn.Linear(hidden, 1))
+
+
 class Rater(nn.Module):
     def __init__(self, config: RaterConfig):
         super().__init__()
@@ -175,7 +181,8 @@ class Rater(nn.Module):
         self.image_columns: list[int] = []
         self.caption_columns: list[int] = []
         if config.two_sided_combine not in ("softmin", "product"):
-            raise ValueError(f"rater.model.two_sided_combine must be softmin or product, not {config.two_sided_combine!r}")
+            raise ValueError("rater.model.two_sided_combine must be softmin or product, not "
+                             f"{config.two_sided_combine!r}")
         if config.two_sided:
             if config.embedding_inputs or config.interaction_rank > 0 or config.ensemble > 1:
                 raise ValueError("rater.model.two_sided splits the derived inputs: set embedding_inputs false, "
@@ -194,17 +201,8 @@ class Rater(nn.Module):
         # instance logit is the corpus-wide ranking key, so it must not depend on which batch a sample sits in.
         self.register_buffer("feature_mean", torch.zeros(d))
         self.register_buffer("feature_std", torch.ones(d))
-        self.instance_mlp = nn.Sequential(
-            nn.Linear(len(self.image_columns) or d, config.hidden_dim),
-            nn.GELU(),
-            nn.Linear(config.hidden_dim, config.hidden_dim),
-            nn.GELU(),
-            nn.Linear(config.hidden_dim, 1),
-        )
-        self.caption_mlp = nn.Sequential(
-            nn.Linear(len(self.caption_columns), config.hidden_dim), nn.GELU(),
-            nn.Linear(config.hidden_dim, config.hidden_dim), nn.GELU(), nn.Linear(config.hidden_dim, 1),
-        ) if config.two_sided else None
+        self.instance_mlp = _instance_mlp(len(self.image_columns) or d, config.hidden_dim)
+        self.caption_mlp = _instance_mlp(len(self.caption_columns), config.hidden_dim) if config.two_sided else None
         self.interaction = None
         if config.interaction_rank > 0:
             image_dim = self.image_dim
@@ -228,9 +226,7 @@ class Rater(nn.Module):
             members = []
             for r in range(1, config.ensemble):
                 torch.manual_seed(seed + r)
-                members.append(nn.Sequential(nn.Linear(d, config.hidden_dim), nn.GELU(),
-                                             nn.Linear(config.hidden_dim, config.hidden_dim), nn.GELU(),
-                                             nn.Linear(config.hidden_dim, 1)))
+                members.append(_instance_mlp(d, config.hidden_dim))
         self.extra_members = nn.ModuleList(members)
         if config.ensemble > 1:  # (not in one-member state dicts: artifacts written before the option load as they are)
             # Each member's logit mean and spread on the pool (set when its meta phase ends), so members count alike.
